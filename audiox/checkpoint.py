@@ -1,0 +1,211 @@
+"""Checkpoint reading and writing: safetensors, Lightning ``.ckpt`` and raw state dicts.
+
+Security: pickled files are read with ``torch.load(weights_only=True)`` only. A file
+whose unpickling needs code execution is refused with :class:`UnsafeCheckpointError`;
+nothing is executed.
+
+Official files carry prefixes (``model.``, ``module.``, ``student.``, ...) and often
+several sub-models (DiT, MAF, conditioners, VAE) in one dict. :func:`load_into` picks the
+prefix under which the file matches the target module best, reports every missing,
+unexpected or mismatched key by name (with both shapes), and only then copies: a strict
+load that fails leaves the module untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "LoadReport",
+    "read_state_dict",
+    "load_into",
+    "save_safetensors",
+    "FORMAT_VERSION",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+# Wrappers seen around official weights (Lightning modules, DDP, the DMD trainer, compile).
+KNOWN_WRAPPER_PREFIXES = ("model", "module", "student", "generator", "_orig_mod")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model (or cannot be read)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that would need arbitrary code execution to load."""
+
+
+@dataclass
+class LoadReport:
+    prefix: str = ""
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file shape, model shape
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 20) -> str:
+        lines = []
+
+        def block(title, items):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines.extend(f"  {it}" for it in items[:limit])
+                if len(items) > limit:
+                    lines.append(f"  ... and {len(items) - limit} more")
+
+        block("missing keys (in the model, not in the file)", self.missing)
+        block("unexpected keys (in the file, not in the model)", self.unexpected)
+        block(
+            "shape mismatches",
+            [f"{k}: file {tuple(a)} vs model {tuple(b)}" for k, a, b in self.mismatched],
+        )
+        return "\n".join(lines) if lines else "all keys match"
+
+
+def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # Lightning
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors (keys: {list(obj)[:10]})")
+    return tensors
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read tensors from ``.safetensors`` or a pickle (weights only), on CPU."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.endswith(SAFETENSORS_SUFFIXES):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
+    if not path.endswith(PICKLE_SUFFIXES):
+        raise CheckpointError(
+            f"{path}: unknown checkpoint extension; expected one of "
+            f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load: this pickle needs code execution to unpickle "
+            f"({str(e).splitlines()[0]}). Convert it to .safetensors in a trusted environment."
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from None
+    return _unwrap(obj, path)
+
+
+def _candidate_prefixes(keys) -> set[str]:
+    cands = {""}
+    for k in keys:
+        parts = k.split(".")
+        prefix = ""
+        for p in parts[:-1][:4]:
+            if p not in KNOWN_WRAPPER_PREFIXES:
+                break
+            prefix += p + "."
+            cands.add(prefix)
+    return cands
+
+
+def _best_prefix(sd_keys, target_keys: set[str]) -> str:
+    best, best_score = "", -1
+    for p in sorted(_candidate_prefixes(sd_keys), key=len):
+        score = sum(1 for k in sd_keys if k.startswith(p) and k[len(p):] in target_keys)
+        if score > best_score:
+            best, best_score = p, score
+    return best
+
+
+def load_into(
+    module: nn.Module,
+    source: str | os.PathLike | dict[str, torch.Tensor],
+    *,
+    strict: bool = False,
+    prefix: str | None = None,
+) -> LoadReport:
+    """Load ``source`` (a path or a state dict) into ``module``.
+
+    ``prefix`` selects the sub-dict (e.g. ``"model.model."`` for the DiT inside a full
+    release checkpoint); by default the best-matching wrapper prefix is found. Keys
+    outside the chosen prefix are ignored. With ``strict=True`` any missing, unexpected or
+    mismatched key raises :class:`CheckpointError` before anything is copied; otherwise
+    matching tensors are loaded and the rest is logged.
+    """
+    sd = read_state_dict(source) if not isinstance(source, dict) else source
+    target = module.state_dict()
+    target_keys = set(target)
+    if prefix is None:
+        prefix = _best_prefix(sd.keys(), target_keys)
+    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    report = LoadReport(prefix=prefix)
+    report.missing = sorted(target_keys - set(sub))
+    report.unexpected = sorted(set(sub) - target_keys)
+    for k in sorted(target_keys & set(sub)):
+        if tuple(sub[k].shape) != tuple(target[k].shape):
+            report.mismatched.append((k, tuple(sub[k].shape), tuple(target[k].shape)))
+        else:
+            report.loaded.append(k)
+    name = type(module).__name__
+    if not report.loaded:
+        raise CheckpointError(
+            f"checkpoint does not match {name}: no key fits (prefix {prefix!r}).\n{report.describe()}"
+        )
+    if strict and not report.ok:
+        raise CheckpointError(f"checkpoint does not match {name} (prefix {prefix!r}):\n{report.describe()}")
+    if not report.ok:
+        log.warning("partial load into %s (prefix %r):\n%s", name, prefix, report.describe())
+    ok_keys = set(report.loaded)
+    module.load_state_dict({k: v for k, v in sub.items() if k in ok_keys}, strict=False)
+    return report
+
+
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+) -> None:
+    """Write tensors atomically (temporary file in the same folder, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format_version": FORMAT_VERSION}
+    for k, v in (metadata or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
