@@ -219,7 +219,8 @@ def parse_model_config(cfg: dict[str, Any], name: str = "custom") -> AudioXConfi
         project_cond_tokens=bool(dcfg.get("project_cond_tokens", True)),
         mlp_ratio=float(dcfg.get("mlp_ratio", 4.0)),
         kernel_size=int(dcfg.get("kernel_size", 3)),
-        latent_seq_len=sample_size // downsampling + 1,
+        # The release hard-codes 237 tokens unless the config passes `_latent_seq_len`.
+        latent_seq_len=int(dcfg.get("_latent_seq_len", 237)),
         num_cond_tokens=3 * 128,
     )
     gcfg = diffusion.get("gate_type_config", {})

@@ -1,0 +1,124 @@
+"""Checkpoint round trips, prefixes, mismatch reports and the unsafe-pickle refusal."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from audiox.checkpoint import CheckpointError, UnsafeCheckpointError, load_into, read_state_dict, save_safetensors
+from audiox.config import get_preset
+from audiox.dit import MMDiffusionTransformer, MMDiTWrapper
+from helpers import randomize_
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return randomize_(MMDiTWrapper(get_preset("tiny").dit), std=0.05, seed=11)
+
+
+def _fresh():
+    return MMDiTWrapper(get_preset("tiny").dit)
+
+
+def _assert_same(a: torch.nn.Module, b: torch.nn.Module):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_safetensors_round_trip(tmp_path, trained):
+    path = tmp_path / "dit.safetensors"
+    save_safetensors(trained.state_dict(), path, metadata={"config": {"name": "tiny"}})
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    m = _fresh()
+    rep = load_into(m, path, strict=True)
+    assert rep.ok and rep.prefix == ""
+    _assert_same(m, trained)
+
+
+@pytest.mark.parametrize("wrap", ["lightning", "raw", "student", "module"])
+def test_pickle_formats_and_official_prefixes(tmp_path, trained, wrap):
+    sd = {"model." + k: v for k, v in trained.state_dict().items()}  # the release: model.model.<dit>
+    sd["maf_block.unified_experts"] = torch.randn(24, 64)  # other sub-models in the same file
+    if wrap == "lightning":
+        obj = {"state_dict": sd, "epoch": 3, "global_step": 10}
+    elif wrap == "student":
+        obj = {"student." + k: v for k, v in sd.items()}
+    elif wrap == "module":
+        obj = {"module." + k: v for k, v in sd.items()}
+    else:
+        obj = sd
+    path = tmp_path / "model.ckpt"
+    torch.save(obj, path)
+    dit = MMDiffusionTransformer(get_preset("tiny").dit)
+    rep = load_into(dit, path, strict=True)
+    assert rep.ok
+    assert rep.prefix.endswith("model.model.")
+    _assert_same(dit, trained.model)
+
+
+def test_mismatches_are_reported_by_name_and_strict_leaves_model_untouched(trained):
+    sd = dict(trained.state_dict())
+    del sd["model.transformer.project_in.weight"]
+    sd["model.transformer.extra.weight"] = torch.randn(3)
+    sd["model.to_timestep_embed.0.bias"] = torch.randn(7)
+    m = _fresh()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(CheckpointError) as e:
+        load_into(m, sd, strict=True)
+    msg = str(e.value)
+    assert "model.transformer.project_in.weight" in msg
+    assert "model.transformer.extra.weight" in msg
+    assert "model.to_timestep_embed.0.bias: file (7,) vs model (128,)" in msg
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), f"strict failure modified {k}"
+    # non-strict: loads what fits, reports the rest
+    rep = load_into(m, sd, strict=False)
+    assert rep.missing == ["model.transformer.project_in.weight"]
+    assert rep.unexpected == ["model.transformer.extra.weight"]
+    assert rep.mismatched == [("model.to_timestep_embed.0.bias", (7,), (128,))]
+    assert torch.equal(m.state_dict()["model.transformer.project_out.weight"],
+                       trained.state_dict()["model.transformer.project_out.weight"])
+
+
+def test_checkpoint_for_another_model_fails_clearly():
+    full_like = {"model.model.transformer.project_in.weight": torch.randn(1536, 64)}
+    with pytest.raises(CheckpointError, match="file \\(1536, 64\\) vs model \\(128, 64\\)"):
+        load_into(_fresh(), full_like, strict=True)
+    with pytest.raises(CheckpointError, match="no key fits"):
+        load_into(_fresh(), {"foo.bar": torch.randn(2)})
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"w": Evil()}}, f)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        read_state_dict(path)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "hparams": Evil()}, tmp_path / "evil2.ckpt")
+    with pytest.raises(UnsafeCheckpointError):
+        read_state_dict(tmp_path / "evil2.ckpt")
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        read_state_dict(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        read_state_dict(bad)
+    other = tmp_path / "weights.npz"
+    other.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown checkpoint extension"):
+        read_state_dict(other)
+    trunc = tmp_path / "trunc.ckpt"
+    trunc.write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CheckpointError):
+        read_state_dict(trunc)
