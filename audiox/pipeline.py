@@ -1,0 +1,263 @@
+"""``AudioXPipeline``: text / video / audio prompt -> waveform, in the diffusers style.
+
+    pipe = AudioXPipeline.from_pretrained("checkpoints/")   # or .from_preset("tiny")
+    wave, sr = pipe(text="a dog barking", seconds=10, generator=torch.Generator().manual_seed(0))
+
+Two modes: ``"turbo"`` (the DMD student: 4 steps, no CFG) and ``"teacher"`` (Euler with
+batched CFG, release defaults 250 steps at cfg 6). Generation always runs the model's
+full 10 s latent (the release's DiT has a fixed 237-token length); the waveform is cropped
+to ``seconds`` and peak-normalised, as the release does.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .checkpoint import CheckpointError, LoadReport, load_into
+from .config import AudioXConfig, ConfigError, get_preset, load_model_config
+from .model import AudioXModel
+from .sampling import draw_noise, make_generator, sample_teacher, sample_turbo
+
+__all__ = ["AudioXPipeline", "EMBEDDED_DIR"]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "assets")
+TEACHER_DEFAULTS = {"steps": 250, "cfg_scale": 6.0}
+
+
+@dataclass
+class _Source:
+    name: str
+    trained: bool
+    detail: str
+
+
+def _init_weights_(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic random init for an untrained preset (independent of the global RNG)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
+
+
+class AudioXPipeline:
+    def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32):
+        self.model = model.eval()
+        self.cfg: AudioXConfig = model.cfg
+        self.source = source
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model.to(self.device)
+        # The release runs the VAE in fp32 whatever the DiT's dtype; the DiT and MAF take `dtype`.
+        self.model.model.to(dtype)
+        self.model.maf_block.to(dtype)
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def trained(self) -> bool:
+        return self.source.trained
+
+    @classmethod
+    def from_preset(cls, name: str = "tiny", *, device="cpu", dtype=torch.float32, seed: int = 0) -> "AudioXPipeline":
+        """A named preset. Weights come from ``audiox/assets/<name>/`` when shipped there;
+        otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
+        cfg = get_preset(name)
+        embedded = os.path.join(EMBEDDED_DIR, name)
+        if os.path.isfile(os.path.join(embedded, "model.safetensors")):
+            return cls.from_pretrained(embedded, device=device, dtype=dtype)
+        model = AudioXModel(cfg)
+        _init_weights_(model, seed)
+        source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
+        return cls(model, source=source, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device="cpu",
+        dtype=torch.float32,
+        t5_dir: str | os.PathLike | None = None,
+        strict: bool = True,
+    ) -> "AudioXPipeline":
+        """Load a model directory laid out as the release (or as ``save_pretrained`` writes):
+
+        - a model config JSON (``model_config.json``, ``config.json`` or the release's
+          ``audiox_turbo_infer_4step.json``);
+        - the student checkpoint (``model.safetensors``, or ``audiox_turbo/audiox_turbo.ckpt``,
+          or a single ``*.ckpt`` / ``*.safetensors``);
+        - optionally the VAE (``pretransform/vae.ckpt``) when the student file lacks it;
+        - optionally a local T5 directory (``t5_dir`` or ``<path>/t5-base``); without one the
+          offline tokenizer and a small random T5 stand in, with a warning.
+        """
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise CheckpointError(f"model directory not found: {path}")
+        cfg = load_model_config(_find_one(path, ["model_config.json", "config.json", "*.json"], "model config"))
+        t5_dir = t5_dir or (os.path.join(path, "t5-base") if os.path.isdir(os.path.join(path, "t5-base")) else None)
+        text = None
+        if t5_dir is not None:
+            from .conditioners import T5Conditioner
+
+            text = T5Conditioner.from_pretrained(os.fspath(t5_dir), output_dim=cfg.dit.cond_token_dim)
+        elif cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
+            log.warning("no local T5 given: text goes through a random small T5 stand-in (give t5_dir=)")
+        model = AudioXModel(cfg, text_encoder=text)
+        ckpt = _find_one(
+            path,
+            ["model.safetensors", "audiox_turbo/audiox_turbo.ckpt", "*.safetensors", "*.ckpt"],
+            "student checkpoint",
+        )
+        report = load_into(model, ckpt, strict=False, prefix="")
+        vae_file = os.path.join(path, "pretransform", "vae.ckpt")
+        vae_missing = [k for k in report.missing if k.startswith("pretransform.")]
+        if vae_missing and os.path.isfile(vae_file):
+            vae_report = load_into(model.pretransform, vae_file, strict=strict)
+            report.missing = [k for k in report.missing if not k.startswith("pretransform.")]
+            report.loaded += ["pretransform." + k for k in vae_report.loaded]
+        _check_report(report, ckpt, strict)
+        meta = _read_meta(path)
+        source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
+        return cls(model, source=source, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | os.PathLike, description: str = "") -> None:
+        """Write ``model_config.json`` and ``model.safetensors`` (all but T5)."""
+        from .checkpoint import save_safetensors
+
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "model_config.json"), "w", encoding="utf-8") as f:
+            json.dump(self.cfg.to_dict(), f, indent=1)
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+        save_safetensors(sd, os.path.join(path, "model.safetensors"), metadata={"config_name": self.cfg.name})
+        with open(os.path.join(path, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump({"description": description or self.source.detail}, f)
+
+    # ------------------------------------------------------------------ generation
+    def encode_conditioning(
+        self,
+        text: str | Sequence[str] | None = None,
+        video: str | os.PathLike | torch.Tensor | None = None,
+        video_sync: torch.Tensor | None = None,
+        audio: str | os.PathLike | torch.Tensor | None = None,
+        batch_size: int | None = None,
+        generator: torch.Generator | None = None,
+        mask_audio_prompt: bool = True,
+    ) -> torch.Tensor:
+        """Any subset of text / video / audio -> ``cross_attn_cond`` (B, 384, D) (conditioners + MAF)."""
+        from .media import load_audio_prompt, load_video_frames
+
+        cc = self.model.conditioner.config
+        if isinstance(text, str):
+            text = [text]
+        if isinstance(video, (str, os.PathLike)):
+            video = load_video_frames(
+                video, seconds_total=cc.video_frames / self.cfg.video_fps, fps=self.cfg.video_fps, size=cc.clip_image_size
+            )[None]
+        if isinstance(audio, (str, os.PathLike)):
+            audio = load_audio_prompt(
+                audio, sample_rate=self.cfg.sample_rate, seconds_total=cc.audio_prompt_samples / self.cfg.sample_rate
+            )[None]
+        if batch_size is not None and text is None and video is None and audio is None:
+            text = [""] * batch_size
+        cond = self.model.conditioner(
+            text=text, video=video, video_sync=video_sync, audio=audio, device=self.device,
+            batch_size=None, generator=generator, mask_audio_prompt=mask_audio_prompt,
+        )
+        return self.model.conditioning_tokens(cond).to(self.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        video: str | os.PathLike | torch.Tensor | None = None,
+        video_sync: torch.Tensor | None = None,
+        audio: str | os.PathLike | torch.Tensor | None = None,
+        seconds: float | None = None,
+        steps: int | None = None,
+        cfg_scale: float | None = None,
+        mode: str = "turbo",
+        generator: torch.Generator | int | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        mask_audio_prompt: bool = True,
+        return_latents: bool = False,
+    ) -> tuple[torch.Tensor, int]:
+        """Generate. Returns ``(waveform (B, 2, seconds * sr) float32 in [-1, 1], sample_rate)``
+        (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``)."""
+        seconds = self.cfg.seconds if seconds is None else float(seconds)
+        if not 0 < seconds <= self.cfg.seconds:
+            raise ValueError(f"seconds must be in (0, {self.cfg.seconds:g}], got {seconds:g}")
+        if mode not in ("turbo", "teacher"):
+            raise ValueError(f"mode must be 'turbo' or 'teacher', got {mode!r}")
+        if mode == "turbo":
+            steps = self.cfg.student_steps if steps is None else int(steps)
+            if cfg_scale not in (None, 1.0):
+                raise ValueError("the Turbo student runs without CFG: leave cfg_scale unset (or 1) in turbo mode")
+            cfg_scale = 1.0
+        else:
+            steps = TEACHER_DEFAULTS["steps"] if steps is None else int(steps)
+            cfg_scale = TEACHER_DEFAULTS["cfg_scale"] if cfg_scale is None else float(cfg_scale)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        gen = make_generator(generator, self.device)
+        cond = self.encode_conditioning(text, video, video_sync, audio, batch_size, gen, mask_audio_prompt)
+        b = cond.shape[0]
+        dit = self.model.dit
+        shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
+        noise = draw_noise(shape, gen, self.device, self.dtype)
+        if mode == "turbo":
+            latents = sample_turbo(dit, noise, steps=steps, generator=gen, progress=progress, cross_attn_cond=cond)
+        else:
+            latents = sample_teacher(dit, noise, steps=steps, cfg_scale=cfg_scale, cross_attn_cond=cond, progress=progress)
+        if return_latents:
+            return latents, self.cfg.sample_rate
+        return self.decode(latents, seconds), self.cfg.sample_rate
+
+    def decode(self, latents: torch.Tensor, seconds: float | None = None) -> torch.Tensor:
+        """Latents -> waveform in fp32 (as the release), cropped and peak-normalised per clip."""
+        audio = self.model.pretransform.decode(latents.float())
+        if seconds is not None:
+            audio = audio[..., : int(round(seconds * self.cfg.sample_rate))]
+        peak = audio.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+        return (audio / peak).clamp(-1, 1)
+
+
+def _find_one(root: str, patterns: list[str], what: str) -> str:
+    for pat in patterns:
+        hits = sorted(glob.glob(os.path.join(root, pat)))
+        if len(hits) == 1 or (hits and "*" not in pat):
+            return hits[0]
+        if len(hits) > 1:
+            raise CheckpointError(f"{root}: several candidates for the {what}: {[os.path.basename(h) for h in hits]}")
+    raise CheckpointError(f"{root}: no {what} found (looked for {patterns})")
+
+
+def _check_report(report: LoadReport, path: str, strict: bool) -> None:
+    if report.ok:
+        return
+    msg = f"{path} does not match the model config:\n{report.describe()}"
+    if strict:
+        raise CheckpointError(msg)
+    log.warning(msg)
+
+
+def _read_meta(path: str) -> dict:
+    meta = os.path.join(path, "meta.json")
+    if not os.path.isfile(meta):
+        return {}
+    try:
+        with open(meta, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{meta} is not valid JSON: {e}") from None
