@@ -40,14 +40,29 @@ class _Source:
     detail: str
 
 
-def _init_weights_(model: torch.nn.Module, seed: int) -> None:
-    """Deterministic random init for an untrained preset (independent of the global RNG)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / max(fan_in, 1) ** 0.5)
+def _build_untrained(cfg: AudioXConfig, seed: int) -> AudioXModel:
+    """The modules' own initialisation, seeded, without touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AudioXModel(cfg)
+
+
+BYTE_TOKENIZER_MARK = "audiox_byte_tokenizer.json"
+
+
+def _load_text_encoder(t5_dir: str, output_dim: int):
+    """A local T5 directory: a real one (sentencepiece tokenizer) or one we saved with the
+    offline byte tokenizer (marked by ``audiox_byte_tokenizer.json``)."""
+    from .conditioners import ByteTokenizer, T5Conditioner
+
+    if not os.path.isfile(os.path.join(t5_dir, BYTE_TOKENIZER_MARK)):
+        return T5Conditioner.from_pretrained(t5_dir, output_dim=output_dim)
+    from transformers import T5EncoderModel
+
+    with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), encoding="utf-8") as f:
+        max_length = int(json.load(f)["max_length"])
+    t5 = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True)
+    return T5Conditioner(t5, ByteTokenizer(), max_length=max_length, output_dim=output_dim)
 
 
 class AudioXPipeline:
@@ -75,8 +90,7 @@ class AudioXPipeline:
         embedded = os.path.join(EMBEDDED_DIR, name)
         if os.path.isfile(os.path.join(embedded, "model.safetensors")):
             return cls.from_pretrained(embedded, device=device, dtype=dtype)
-        model = AudioXModel(cfg)
-        _init_weights_(model, seed)
+        model = _build_untrained(cfg, seed)
         source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
         return cls(model, source=source, device=device, dtype=dtype)
 
@@ -97,8 +111,8 @@ class AudioXPipeline:
         - the student checkpoint (``model.safetensors``, or ``audiox_turbo/audiox_turbo.ckpt``,
           or a single ``*.ckpt`` / ``*.safetensors``);
         - optionally the VAE (``pretransform/vae.ckpt``) when the student file lacks it;
-        - optionally a local T5 directory (``t5_dir`` or ``<path>/t5-base``); without one the
-          offline tokenizer and a small random T5 stand in, with a warning.
+        - optionally a local T5 directory (``t5_dir`` or ``<path>/t5-base``); without one a
+          random T5 of the configured size with the offline tokenizer stands in, with a warning.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -107,9 +121,7 @@ class AudioXPipeline:
         t5_dir = t5_dir or (os.path.join(path, "t5-base") if os.path.isdir(os.path.join(path, "t5-base")) else None)
         text = None
         if t5_dir is not None:
-            from .conditioners import T5Conditioner
-
-            text = T5Conditioner.from_pretrained(os.fspath(t5_dir), output_dim=cfg.dit.cond_token_dim)
+            text = _load_text_encoder(os.fspath(t5_dir), cfg.dit.cond_token_dim)
         elif cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
             log.warning("no local T5 given: text goes through a random small T5 stand-in (give t5_dir=)")
         model = AudioXModel(cfg, text_encoder=text)
@@ -130,11 +142,21 @@ class AudioXPipeline:
         source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
         return cls(model, source=source, device=device, dtype=dtype)
 
-    def save_pretrained(self, path: str | os.PathLike, description: str = "") -> None:
-        """Write ``model_config.json`` and ``model.safetensors`` (all but T5)."""
+    def save_pretrained(self, path: str | os.PathLike, description: str = "", text_encoder: bool = True) -> None:
+        """Write ``model_config.json``, ``model.safetensors`` (everything but T5, as the release's
+        checkpoint) and, with ``text_encoder``, the T5 encoder and its tokenizer in ``t5-base/``."""
         from .checkpoint import save_safetensors
 
         os.makedirs(path, exist_ok=True)
+        t5 = self.model.conditioner.conditioners["text_prompt"] if "text_prompt" in self.model.conditioner.conditioners else None
+        if text_encoder and t5 is not None:
+            t5_dir = os.path.join(path, "t5-base")
+            t5.model.save_pretrained(t5_dir, safe_serialization=True)
+            if hasattr(t5.tokenizer, "tokenizer"):
+                t5.tokenizer.tokenizer.save_pretrained(t5_dir)
+            else:
+                with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), "w", encoding="utf-8") as f:
+                    json.dump({"max_length": t5.max_length}, f)
         with open(os.path.join(path, "model_config.json"), "w", encoding="utf-8") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}

@@ -42,3 +42,31 @@ def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> tor
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return module
+
+
+def write_test_video(path, frames: int = 12, size: int = 48, fps: int = 10, seed: int = 0) -> None:
+    """A short random-noise MPEG-4 clip (PyAV's bundled FFmpeg encodes it; no system codec)."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_test_wav(path, seconds: float = 0.5, sr: int = 22050, channels: int = 1, seed: int = 0) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)[:, None] + 0.05 * rng.standard_normal((t.size, channels))
+    sf.write(str(path), tone.astype("float32"), sr)
