@@ -1,0 +1,44 @@
+"""Triton kernels for the AudioX-Turbo hot path: pure functions over tensors.
+
+Each op runs its Triton kernel on CUDA tensors (or under ``TRITON_INTERPRET=1``) and
+its plain-PyTorch ``*_reference`` otherwise; see ``kernels._dispatch``.
+"""
+
+from kernels.adaln import (
+    adaln_modulate,
+    adaln_modulate_reference,
+    gated_residual_adaln,
+    gated_residual_adaln_reference,
+)
+from kernels.conv1d_k3 import (
+    conv1d_k3,
+    conv1d_k3_gated_residual,
+    conv1d_k3_gated_residual_reference,
+    conv1d_k3_reference,
+    conv1d_k3_swiglu,
+    conv1d_k3_swiglu_reference,
+    pack_conv_weight,
+    unpack_conv_weight,
+)
+from kernels.dit_attention import dit_attention, dit_attention_reference, rope_tables
+from kernels.snake_beta import snake_beta, snake_beta_reference
+
+__all__ = [
+    "adaln_modulate",
+    "adaln_modulate_reference",
+    "conv1d_k3",
+    "conv1d_k3_gated_residual",
+    "conv1d_k3_gated_residual_reference",
+    "conv1d_k3_reference",
+    "conv1d_k3_swiglu",
+    "conv1d_k3_swiglu_reference",
+    "dit_attention",
+    "dit_attention_reference",
+    "gated_residual_adaln",
+    "gated_residual_adaln_reference",
+    "pack_conv_weight",
+    "rope_tables",
+    "snake_beta",
+    "snake_beta_reference",
+    "unpack_conv_weight",
+]
