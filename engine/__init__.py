@@ -1,0 +1,37 @@
+"""The accelerated backend for AudioX-Turbo: the one package that knows the model and the kernels.
+
+    import engine
+    fast = engine.accelerate(model)          # deep copy: fused DiT blocks, fused SnakeBeta
+    engine.describe(fast)                    # what was swapped, which backends run
+    dit = fast.model.model                   # the AcceleratedDiT, where the DiT was
+    x0 = engine.sample_turbo(dit, noise, cross_attn_cond, generator=g)   # 4 steps, CUDA graph on GPU
+    audio = engine.decode(vae, x0)
+
+``AcceleratedDiT.prepare(cross_attn_cond)`` computes everything that does not depend on
+the step once per generation; ``AcceleratedDiT.step(x, t, prepared)`` is one velocity;
+``AcceleratedDiT.forward(x, t, cross_attn_cond, cfg_scale)`` stays a drop-in.
+"""
+
+from engine.accelerate import BACKENDS, accelerate, describe
+from engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
+from engine.attention import ATTENTION_BACKENDS, available_attention_backends
+from engine.fused_block import FusedDiTBlock
+from engine.profiling import annotate
+from engine.sampling import decode, sample_teacher, sample_turbo
+from engine.vae import FusedSnakeBeta
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "BACKENDS",
+    "AcceleratedDiT",
+    "FusedDiTBlock",
+    "FusedSnakeBeta",
+    "PreparedConditioning",
+    "accelerate",
+    "annotate",
+    "decode",
+    "available_attention_backends",
+    "describe",
+    "sample_teacher",
+    "sample_turbo",
+]
