@@ -238,7 +238,16 @@ class AudioXPipeline:
         dit = self.model.dit
         shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
         noise = draw_noise(shape, gen, self.device, self.dtype)
-        if mode == "turbo":
+        if getattr(dit, "_audiox_engine_accelerated", False):
+            # engine.accelerate() swapped in its DiT: use its samplers (conditioning prepared
+            # once, CUDA graphs on GPU); same math and noise order as audiox.sampling.
+            import engine
+
+            if mode == "turbo":
+                latents = engine.sample_turbo(dit, noise, cond, steps=steps, generator=gen)
+            else:
+                latents = engine.sample_teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)
+        elif mode == "turbo":
             latents = sample_turbo(dit, noise, steps=steps, generator=gen, progress=progress, cross_attn_cond=cond)
         else:
             latents = sample_teacher(dit, noise, steps=steps, cfg_scale=cfg_scale, cross_attn_cond=cond, progress=progress)

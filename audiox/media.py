@@ -1,0 +1,168 @@
+"""Reading the conditioning media: audio prompts (soundfile) and video frames (PyAV).
+
+Both return exactly what the conditioners take:
+- `load_audio_prompt`: (2, 441000) float32 at 44.1 kHz, a 10 s window, left-padded with
+  silence when the file is shorter (as the release's `load_and_process_audio`; unlike it,
+  other sample rates are resampled instead of being read as if they were 44.1 kHz).
+- `load_video_frames`: (50, 3, 224, 224) uint8, the release's frame pick (every
+  ceil(fps / 5)-th frame from the start time, last frame repeated up to 50).
+
+Known, small differences from the release's readers (decord + torchvision): the YUV->RGB
+conversion and the antialiased bilinear resize of uint8 frames may differ by a unit in the
+last place of some pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch.nn import functional as F
+
+
+class MediaError(ValueError):
+    """A media file exists but cannot be read as the expected kind of media."""
+
+
+def _check_file(path: str | os.PathLike, kind: str) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{kind} file not found: {path!r}")
+    if not os.path.isfile(path):
+        raise MediaError(f"{kind} path is not a file: {path!r}")
+    return path
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def _sinc_resample_kernel(orig: int, new: int, zeros: int, rolloff: float, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Polyphase low-pass kernels (new, 1, K) for a rational rate change orig -> new (coprime).
+
+    Output phase j sits at input time j * orig / new (in input samples). Each phase's taps are
+    a Hann-windowed sinc with cut-off rolloff * min(orig, new) / 2 (in units where the
+    coarser rate is min(orig, new)), `zeros` zero crossings to each side.
+    """
+    cutoff = min(orig, new) * rolloff           # the filter's bandwidth, in "per orig samples" units
+    half = math.ceil(zeros * orig / cutoff)     # taps needed on each side, in input samples
+    taps = torch.arange(-half, half + orig, dtype=torch.float64)          # input offsets
+    phase = torch.arange(0, new, dtype=torch.float64)[:, None] * orig / new  # where output j falls
+    t = (taps[None, :] - phase) / orig * cutoff  # distance in units of the filter's zero crossings
+    t = t.clamp(-zeros, zeros)
+    window = torch.cos(t * math.pi / zeros / 2) ** 2
+    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(math.pi * t) / (math.pi * t))
+    kernel = sinc * window * (cutoff / orig)
+    return kernel.to(dtype).unsqueeze(1), half
+
+
+def resample(audio: torch.Tensor, orig_sr: int, new_sr: int, zeros: int = 6, rolloff: float = 0.99) -> torch.Tensor:
+    """Band-limited resampling along the last axis: (..., L) -> (..., ceil(L * new_sr / orig_sr)).
+
+    Windowed-sinc polyphase filter (the same design as torchaudio's default `sinc_interp_hann`,
+    6 zero crossings, roll-off 0.99): one strided conv1d, exact for any rational ratio.
+    """
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"resample: sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return audio
+    if not audio.is_floating_point():
+        raise TypeError(f"resample: audio must be floating point, got {audio.dtype}")
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    kernel, half = _sinc_resample_kernel(orig, new, zeros, rolloff, audio.dtype)
+    shape, length = audio.shape[:-1], audio.shape[-1]
+    x = F.pad(audio.reshape(-1, 1, length), (half, half + orig))
+    y = F.conv1d(x, kernel.to(audio.device), stride=orig)          # (N, new, frames): phases of each block
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)
+    return y[:, : math.ceil(new * length / orig)].reshape(*shape, -1)
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Any file libsndfile reads (wav, flac, ogg, mp3 ...) -> (audio (C, L) float32, sample rate)."""
+    import soundfile as sf
+
+    path = _check_file(path, "audio")
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with its own wording
+        raise MediaError(f"cannot decode audio file {path!r}: {e}") from e
+    if data.shape[0] == 0:
+        raise MediaError(f"audio file {path!r} has no samples")
+    return torch.from_numpy(data.T.copy()), int(sr)
+
+
+def load_audio_prompt(path: str | os.PathLike, sample_rate: int = 44100, seconds_start: float = 0.0,
+                      seconds_total: float = 10.0, channels: int = 2) -> torch.Tensor:
+    """An audio prompt as the model takes it: (channels, seconds_total * sample_rate) float32.
+
+    Resampled to `sample_rate`; mono is duplicated, extra channels dropped; the window
+    [seconds_start, seconds_start + seconds_total) is cut and, if short, silence is put in
+    front (the release pads on the left).
+    """
+    audio, sr = read_audio(path)
+    audio = resample(audio, sr, sample_rate)
+    if audio.shape[0] == 1 and channels > 1:
+        audio = audio.repeat(channels, 1)
+    audio = audio[:channels] if channels > 1 else audio.mean(0, keepdim=True)
+    start, total = int(sample_rate * seconds_start), int(sample_rate * seconds_total)
+    audio = audio[:, start:start + total]
+    if audio.shape[1] < total:
+        audio = F.pad(audio, (total - audio.shape[1], 0))
+    return audio.contiguous()
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, size, size) uint8, antialiased bilinear (torchvision's Resize)."""
+    if frames.shape[-2:] == (size, size):
+        return frames
+    out = F.interpolate(frames.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def load_video_frames(path: str | os.PathLike, seconds_start: float = 0.0, seconds_total: float = 10.0,
+                      fps: int = 5, size: int = 224) -> torch.Tensor:
+    """Frames for the video conditioner: (round(fps * seconds_total), 3, size, size) uint8.
+
+    The release's pick: with the file's average frame rate r, take every ceil(r / fps)-th
+    decoded frame from frame int(seconds_start * r); pad with the last frame (or cut) to
+    fps * seconds_total frames. Images (png, jpg) decode as one frame and are repeated.
+    """
+    import av
+
+    path = _check_file(path, "video")
+    n_out = int(fps * seconds_total)
+    try:
+        container = av.open(path)
+    except Exception as e:
+        raise MediaError(f"cannot open video file {path!r}: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"video file {path!r} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        rate = float(rate) if rate else float(fps)
+        first = int(seconds_start * rate)
+        step = max(1, math.ceil(rate / fps))
+        stop = first + n_out * step
+        frames = []
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                if index >= stop:
+                    break
+                if index >= first and (index - first) % step == 0:
+                    frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+        except Exception as e:
+            raise MediaError(f"cannot decode video file {path!r}: {e}") from e
+    if not frames:
+        raise MediaError(f"video file {path!r} has no frames at or after {seconds_start} s")
+    video = resize_frames(torch.stack(frames).permute(0, 3, 1, 2).contiguous(), size)
+    if video.shape[0] < n_out:
+        video = torch.cat([video, video[-1:].expand(n_out - video.shape[0], -1, -1, -1)])
+    return video[:n_out].contiguous()
