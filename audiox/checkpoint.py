@@ -6,7 +6,8 @@ nothing is executed.
 
 Official files carry prefixes (``model.``, ``module.``, ``student.``, ...) and often
 several sub-models (DiT, MAF, conditioners, VAE) in one dict. :func:`load_into` picks the
-prefix under which the file matches the target module best, reports every missing,
+prefix (up to four leading key components) under which the file matches the target
+module best, reports every missing,
 unexpected or mismatched key by name (with both shapes), and only then copies: a strict
 load that fails leaves the module untouched.
 """
@@ -38,8 +39,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
-# Wrappers seen around official weights (Lightning modules, DDP, the DMD trainer, compile).
-KNOWN_WRAPPER_PREFIXES = ("model", "module", "student", "generator", "_orig_mod")
+# Sub-model prefixes tried when matching a file to a module: official files nest the DiT
+# as `model.model.` and may wrap everything in `module.` (DDP) or `student.` (the DMD trainer).
+MAX_PREFIX_DEPTH = 4
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -125,15 +127,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _candidate_prefixes(keys) -> set[str]:
+    """Every prefix of up to ``MAX_PREFIX_DEPTH`` leading components (``model.``,
+    ``model.model.``, ``pretransform.``, ``student.model.model.`` ...)."""
     cands = {""}
     for k in keys:
-        parts = k.split(".")
-        prefix = ""
-        for p in parts[:-1][:4]:
-            if p not in KNOWN_WRAPPER_PREFIXES:
-                break
-            prefix += p + "."
-            cands.add(prefix)
+        parts = k.split(".")[:-1]
+        for depth in range(1, min(len(parts), MAX_PREFIX_DEPTH) + 1):
+            cands.add(".".join(parts[:depth]) + ".")
     return cands
 
 
@@ -144,6 +144,22 @@ def _best_prefix(sd_keys, target_keys: set[str]) -> str:
         if score > best_score:
             best, best_score = p, score
     return best
+
+
+_PARAMETRIZED_WEIGHT_NORM = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
+
+
+def _legacy_weight_norm_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Newer torch saves weight norm as ``parametrizations.weight.original0/1``; the release
+    (and our modules' state dicts) use ``weight_g/weight_v``. Same tensors, other names."""
+    out = {}
+    for k, v in sd.items():
+        for new_suffix, old_suffix in _PARAMETRIZED_WEIGHT_NORM.items():
+            if k.endswith(new_suffix):
+                k = k[: -len(new_suffix)] + old_suffix
+                break
+        out[k] = v
+    return out
 
 
 def load_into(
@@ -162,6 +178,7 @@ def load_into(
     matching tensors are loaded and the rest is logged.
     """
     sd = read_state_dict(source) if not isinstance(source, dict) else source
+    sd = _legacy_weight_norm_names(sd)
     target = module.state_dict()
     target_keys = set(target)
     if prefix is None:
