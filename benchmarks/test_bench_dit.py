@@ -1,0 +1,21 @@
+"""pytest-benchmark: one DiT forward per backend (`python -m pytest benchmarks -k dit`)."""
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+from benchmarks import workloads
+from benchmarks.conftest import run_benchmark, unavailable_to_skip
+
+
+@pytest.fixture(scope="module")
+def eager_dit(bench_preset, bench_device):
+    return unavailable_to_skip(workloads.prepare_dit, bench_preset, bench_device, "eager")
+
+
+@pytest.mark.parametrize("backend", workloads.BACKENDS)
+def test_dit_forward(benchmark, eager_dit, backend, bench_rounds):
+    prep = eager_dit if backend == "eager" else unavailable_to_skip(
+        workloads.prepare_dit, eager_dit.preset, eager_dit.device, backend, base=eager_dit)
+    w = workloads.dit_forward_workload(prep, batch=1, count_flops=False)
+    run_benchmark(benchmark, w, bench_rounds)
