@@ -156,3 +156,14 @@ def test_cli_mismatched_checkpoint_exits_2(pipe, tmp_path, capsys):
     cfg_path.write_text(cfg_path.read_text().replace('"embed_dim": 128', '"embed_dim": 160'))
     assert main(["generate", "--prompt", "x", "--model", str(tmp_path / "m"), "-q", "-o", str(tmp_path / "o.wav")]) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_accelerated_pipeline_matches_reference(pipe):
+    """engine.accelerate on a whole pipeline: fused Triton blocks (interpreter on CPU), fp32."""
+    import engine
+
+    ref, _ = pipe("a tone", generator=1, return_latents=True)
+    fast = engine.accelerate(pipe, backend="triton", dtype=torch.float32)
+    assert fast is not pipe and engine.describe(fast)["dits"][0]["backend"] == "triton"
+    out, _ = fast("a tone", generator=1, return_latents=True)
+    assert rel_err(out, ref) < 1e-5
