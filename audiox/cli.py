@@ -145,6 +145,9 @@ def _write_wav_atomic(path: str, data, sr: int, sf) -> None:
     os.close(fd)
     try:
         sf.write(tmp, data, sr, subtype="PCM_16", format="WAV")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
