@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from ._io import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -212,17 +212,9 @@ def save_safetensors(
     """Write tensors atomically (temporary file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     meta = {"format_version": FORMAT_VERSION}
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

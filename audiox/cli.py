@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 __all__ = ["main"]
 
@@ -140,19 +139,10 @@ def cmd_generate(args) -> int:
 
 
 def _write_wav_atomic(path: str, data, sr: int, sf) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".audiox-", suffix=".wav", dir=folder)
-    os.close(fd)
-    try:
+    from ._io import atomic_path
+
+    with atomic_path(path, suffix=".wav") as tmp:
         sf.write(tmp, data, sr, subtype="PCM_16", format="WAV")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ def _assert_same(a: torch.nn.Module, b: torch.nn.Module):
 def test_safetensors_round_trip(tmp_path, trained):
     path = tmp_path / "dit.safetensors"
     save_safetensors(trained.state_dict(), path, metadata={"config": {"name": "tiny"}})
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert os.listdir(tmp_path) == ["dit.safetensors"]
     m = _fresh()
     rep = load_into(m, path, strict=True)
     assert rep.ok and rep.prefix == ""
