@@ -6,6 +6,7 @@
     dit = fast.model.model                   # the AcceleratedDiT, where the DiT was
     x0 = engine.sample_turbo(dit, noise, cross_attn_cond, generator=g)   # 4 steps, CUDA graph on GPU
     audio = engine.decode(vae, x0)
+    engine.quantize_accelerated_(fast, engine.Float8WeightAndActivationConfig())   # FP8 block weights
 
 ``AcceleratedDiT.prepare(cross_attn_cond)`` computes everything that does not depend on
 the step once per generation; ``AcceleratedDiT.step(x, t, prepared)`` is one velocity;
@@ -17,10 +18,30 @@ from engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
 from engine.attention import ATTENTION_BACKENDS, available_attention_backends
 from engine.fused_block import FusedDiTBlock
 from engine.profiling import annotate
+from engine.quant_fused_block import quantize_accelerated_
+from engine.quantize import (
+    Float8WeightAndActivationConfig,
+    Int8WeightAndActivationConfig,
+    Int8WeightOnlyConfig,
+    QuantCheckpointError,
+    load_quantized,
+    quantize_,
+    save_quantized,
+    weight_memory_report,
+)
 from engine.sampling import decode, sample_teacher, sample_turbo
 from engine.vae import FusedSnakeBeta
 
 __all__ = [
+    "Float8WeightAndActivationConfig",
+    "Int8WeightAndActivationConfig",
+    "Int8WeightOnlyConfig",
+    "QuantCheckpointError",
+    "load_quantized",
+    "quantize_",
+    "quantize_accelerated_",
+    "save_quantized",
+    "weight_memory_report",
     "ATTENTION_BACKENDS",
     "BACKENDS",
     "AcceleratedDiT",

@@ -21,9 +21,17 @@ from kernels.conv1d_k3 import (
     unpack_conv_weight,
 )
 from kernels.dit_attention import dit_attention, dit_attention_reference, rope_tables
+from kernels.quant_adaln import adaln_modulate_quantize
+from kernels.quant_gemm import pack_quant_conv_weight, scaled_conv1d_k3, scaled_mm
+from kernels.quant_rows import quantize_rows
 from kernels.snake_beta import snake_beta, snake_beta_reference
 
 __all__ = [
+    "adaln_modulate_quantize",
+    "pack_quant_conv_weight",
+    "quantize_rows",
+    "scaled_conv1d_k3",
+    "scaled_mm",
     "adaln_modulate",
     "adaln_modulate_reference",
     "conv1d_k3",
