@@ -26,6 +26,7 @@ T_KERNELS=${T_KERNELS:-60}
 T_DIT=${T_DIT:-40}
 T_HEADLINE=${T_HEADLINE:-190}
 T_REPORT=${T_REPORT:-25}
+GPU_BACKENDS=${GPU_BACKENDS:-eager,engine-bf16,engine-fp8,engine-int8}
 
 mkdir -p "$OUT/plots"
 LOG="$OUT/gpu_suite.log"
@@ -62,8 +63,8 @@ gpu_state before
 
 step tests "$T_TESTS" "$PY" -m pytest tests -q -m "not slow" -p no:cacheprovider
 step kernels "$T_KERNELS" "$PY" -m benchmarks bench --suite kernels --out "$OUT/kernels.json"
-step dit "$T_DIT" "$PY" -m benchmarks bench --suite dit --out "$OUT/dit.json"
-step headline "$T_HEADLINE" "$PY" -m benchmarks bench --suite headline --out "$OUT/headline.json"
+step dit "$T_DIT" "$PY" -m benchmarks bench --suite dit --backends "$GPU_BACKENDS" --out "$OUT/dit.json"
+step headline "$T_HEADLINE" "$PY" -m benchmarks bench --suite headline --backends "$GPU_BACKENDS" --out "$OUT/headline.json"
 
 results=()
 for f in kernels dit headline; do

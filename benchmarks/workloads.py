@@ -6,7 +6,7 @@ half-written; a missing piece raises `WorkloadUnavailable` with the reason, and 
 suite records the row as skipped instead of failing.
 
 A backend is "eager" (plain PyTorch: bf16 on CUDA, fp32 on CPU) or
-"engine-bf16" / "engine-fp8" / "engine-int8" (through `engine.accelerate`).
+"engine-fp32" / "engine-bf16" / "engine-fp8" / "engine-int8" (through `engine.accelerate`).
 
 Weights: parameters that are all zeros after construction (zero-initialised gates and
 projections are common in DiTs) are refilled with random values, because zeros can run
@@ -24,7 +24,9 @@ from typing import Callable
 
 import torch
 
-BACKENDS = ("eager", "engine-bf16", "engine-fp8", "engine-int8")
+BACKENDS = ("eager", "engine-fp32", "engine-bf16", "engine-fp8", "engine-int8")
+# Quantized rows: engine.accelerate (bf16), then the block weights through engine.quantize.
+QUANT_CONFIGS = {"engine-fp8": "Float8WeightAndActivationConfig", "engine-int8": "Int8WeightAndActivationConfig"}
 TEACHER_CFG_SCALE = 6.0  # release default for the teacher (SPEC: N = 250, cfg 6)
 TURBO_STEPS = 4
 DEFAULT_PROMPT = "a dog barking in the rain, distant thunder"
@@ -128,12 +130,12 @@ def eager_dtype(device: torch.device) -> torch.dtype:
 def backend_dtype(backend: str, device: torch.device) -> torch.dtype:
     if backend == "eager":
         return eager_dtype(device)
+    if backend == "engine-fp32":  # the engine's hoisted structure without the precision change (CPU rows)
+        return torch.float32
     if backend == "engine-bf16":
         return torch.bfloat16
-    if backend == "engine-fp8":
-        return torch.float8_e4m3fn
-    if backend == "engine-int8":
-        return torch.int8
+    if backend in QUANT_CONFIGS:  # bf16 activations and high-precision layers, quantized block weights
+        return torch.bfloat16
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -194,8 +196,17 @@ def _accelerate(obj, backend: str, device: torch.device):
         out = eng.accelerate(obj, backend="auto", dtype=dtype, cuda_graphs=device.type == "cuda")
     except (NotImplementedError, ValueError, TypeError, RuntimeError) as exc:
         raise WorkloadUnavailable(f"engine.accelerate(dtype={dtype}) refused: {type(exc).__name__}: {exc}") from exc
+    out = obj if out is None else out
+    if backend in QUANT_CONFIGS:
+        config = _import_attr("engine.quantize", QUANT_CONFIGS[backend])()
+        quantize = _import_attr("engine.quant_fused_block", "quantize_accelerated_")
+        try:
+            for module in _modules_of(out):
+                quantize(module, config)
+        except (NotImplementedError, ValueError, TypeError, RuntimeError) as exc:
+            raise WorkloadUnavailable(f"quantization to {backend} refused: {type(exc).__name__}: {exc}") from exc
     _sync(device)
-    return (obj if out is None else out), time.perf_counter() - t0
+    return out, time.perf_counter() - t0
 
 
 def _cfg_attr(objs, names, default=None):
