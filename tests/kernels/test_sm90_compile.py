@@ -7,38 +7,14 @@ configs for the real shapes. Marked slow (~1 min); run with ``-m slow``. The com
 a subprocess because ``triton.jit`` has already chosen the interpreter in this one.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
+from sm90 import compile_ptx_sm90, run_script_without_interpreter
 
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_script_without_interpreter(__file__, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def _compile(fn, types: dict, constexprs: dict, divisible: set, num_warps: int,
-             num_stages: int):
-    """Compile ``fn`` for sm_90; ``types`` maps non-constexpr args to Triton types
-    (default i32), ``divisible`` names the args the runtime would mark 16-divisible."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if n in divisible or sig[n].startswith("*")}
-    src = ASTSource(fn, sig, constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages}).asm["ptx"]
 
 
 def _main():
@@ -52,7 +28,7 @@ def _main():
     bf16 = "*bf16"
     # adaLN at D=1536 (16-divisible, as the runtime would specialise it).
     block_rows, block_d, warps = adaln._config(237, 1536)
-    ptx = _compile(adaln._adaln_fwd,
+    ptx = compile_ptx_sm90(adaln._adaln_fwd,
                    {**{n: bf16 for n in ["X", "Y", "GATE", "BIAS", "SHIFT", "SCALE",
                                          "X2_OUT", "H_OUT"]}, "eps": "fp32"},
                    dict(HAS_RESIDUAL=True, HAS_BIAS=True, BLOCK_ROWS=block_rows,
@@ -65,7 +41,7 @@ def _main():
     for B, N, H, d in [(1, 237, 64, 24), (1, 1024, 16, 128)]:
         block_m, block_n, warps = dit_attention._config(N, d, B, H)
         half, block_dv = dit_attention._head_blocks(d)
-        ptx = _compile(dit_attention._dit_attention_fwd,
+        ptx = compile_ptx_sm90(dit_attention._dit_attention_fwd,
                        {"QKV": bf16, "OUT": bf16, "COS": "*fp32", "SIN": "*fp32",
                         "eps": "fp32", "qk_scale": "fp32"},
                        dict(BLOCK_M=block_m, BLOCK_N=block_n,
@@ -76,7 +52,7 @@ def _main():
     # Conv k3: the three epilogues at their real shapes.
     for epilogue, cin, cout in [(1, 1536, 4096), (2, 4096, 1536), (0, 1536, 1536)]:
         bm, bn, bk, warps, stages = conv1d_k3._config(237, cout, cin, epilogue == 1)
-        ptx = _compile(conv1d_k3._conv1d_k3_fwd,
+        ptx = compile_ptx_sm90(conv1d_k3._conv1d_k3_fwd,
                        {n: bf16 for n in ["X", "W1", "W3", "BIAS", "RES", "GATE", "OUT"]},
                        dict(EPILOGUE=epilogue, HAS_BIAS=epilogue != 1, BLOCK_M=bm,
                             BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=False, PRECISION="tf32"),
@@ -84,7 +60,7 @@ def _main():
         assert "wgmma" in ptx, f"conv epilogue {epilogue} does not use wgmma"
 
     block, warps = snake_beta._config(474)
-    _compile(snake_beta._snake_beta_fwd, {n: "*fp32" for n in ["X", "ALPHA", "BETA", "OUT"]},
+    compile_ptx_sm90(snake_beta._snake_beta_fwd, {n: "*fp32" for n in ["X", "ALPHA", "BETA", "OUT"]},
              dict(BLOCK=block), {"stride_x_b", "stride_x_c"}, warps, 1)
     print("all kernels compiled for sm_90")
 

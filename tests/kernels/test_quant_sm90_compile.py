@@ -8,37 +8,14 @@ at the real shapes. Marked slow; run with ``-m slow``. The compile runs in a sub
 because ``triton.jit`` has already chosen the interpreter in this one.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
+from sm90 import compile_ptx_sm90, run_script_without_interpreter
 
 
 @pytest.mark.slow
 def test_quant_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_script_without_interpreter(__file__, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def _compile(fn, types: dict, constexprs: dict, divisible: set, num_warps: int, num_stages: int) -> str:
-    """PTX of ``fn`` for sm_90; ``types`` maps pointer/float args to Triton types (others
-    i32); ``divisible`` names the int args the runtime would mark 16-divisible."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if n in divisible or sig[n].startswith("*")}
-    src = ASTSource(fn, sig, constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages}).asm["ptx"]
 
 
 def _main():
@@ -64,7 +41,7 @@ def _main():
                           W_FP8=mode == "w8a8_fp8", ACC_INT=acc_int, EPILOGUE=epilogue,
                           HAS_BIAS=epilogue != 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                           DOT_FP32=False, PRECISION="tf32")
-            ptx = _compile(gemm, types, consts, divisible, warps, stages)
+            ptx = compile_ptx_sm90(gemm, types, consts, divisible, warps, stages)
             wgmma = [line for line in ptx.splitlines() if "wgmma.mma_async" in line]
             assert wgmma, f"{mode} taps={taps} epilogue={epilogue}: no wgmma"
             assert any(wgmma_ty in line for line in wgmma), \
@@ -74,10 +51,10 @@ def _main():
     for fmt, q_ty in (("fp8_e4m3", "*fp8e4nv"), ("int8", "*i8")):
         dtype, qmax = quant_rows.FORMATS[fmt]
         block_rows, block_k, warps = quant_rows._config(M, 1536)
-        _compile(quant_rows._quantize_rows_fwd, {"X": "*bf16", "Q": q_ty, "S": "*fp32"},
+        compile_ptx_sm90(quant_rows._quantize_rows_fwd, {"X": "*bf16", "Q": q_ty, "S": "*fp32"},
                  dict(QMAX=qmax, EPS_=quant_rows.EPS, IS_INT8=fmt == "int8", FP8_ROUND_FIX=False,
                       BLOCK_ROWS=block_rows, BLOCK_K=block_k), {"K", "stride_x"}, warps, 1)
-        _compile(quant_adaln._adaln_quantize_fwd,
+        compile_ptx_sm90(quant_adaln._adaln_quantize_fwd,
                  {"X": "*bf16", "SHIFT": "*bf16", "SCALE": "*bf16", "Q": q_ty, "S": "*fp32", "eps": "fp32"},
                  dict(QMAX=qmax, EPS_=quant_rows.EPS, IS_INT8=fmt == "int8", FP8_ROUND_FIX=False,
                       BLOCK_ROWS=1, BLOCK_D=2048),
