@@ -77,8 +77,9 @@ def test_waveform_is_cropped_and_peak_normalised(pipe):
 def test_teacher_mode_and_batch(pipe):
     lat, _ = pipe(["a", "b"], mode="teacher", steps=2, cfg_scale=3.0, generator=1, return_latents=True)
     assert lat.shape == (2, 64, 236) and torch.isfinite(lat).all()
-    one, _ = pipe(["b"], mode="teacher", steps=2, cfg_scale=3.0, generator=1, return_latents=True)
-    assert not torch.equal(lat[1:], one)  # different noise draw order in a batch: just shape-checked
+    assert rel_err(lat[0], lat[1]) > 1e-3
+    again, _ = pipe(["a", "b"], mode="teacher", steps=2, cfg_scale=3.0, generator=1, return_latents=True)
+    assert torch.equal(lat, again)
 
 
 @pytest.mark.parametrize(
