@@ -1,0 +1,716 @@
+"""The tiny-family training recipe: ``audiox distill --recipe tiny --out DIR [--resume] [--budget-minutes M]``.
+
+Stages, each in ``DIR/<stage>/`` with safetensors weights and a JSON state, each resumable:
+
+1. ``vae``: the tiny Oobleck VAE on crops of procedural train clips (multi-resolution STFT
+   + L1 reconstruction, a small KL term);
+2. ``latents``: procedural train clips of the model's full length (236 latent frames for
+   ``tiny``) encoded to posterior means by that VAE, with their captions;
+3. ``teacher``: DiT + MAF as a rectified-flow model on those latents with caption
+   conditioning and CFG dropout (null condition = zeros in place of the MAF output, as the
+   release's CFG). The text encoder (the random small T5 stand-in of the ``tiny`` preset)
+   stays frozen: its features are a fixed, injective function of the caption bytes that
+   the MAF and cross-attention learn to read; it ships in the export as it is, and the
+   conditioners run under ``no_grad`` as released. The (absent) video / audio-prompt
+   conditioners stay frozen too: with no such prompt they emit constants the MAF absorbs;
+4. ``student``: 4-step DMD from that teacher with :class:`~audiox.distill.dmd.DMDTrainer`;
+5. ``classifier`` + ``eval``: the classifier of :mod:`.classifier` on procedural labels,
+   then FD / accuracy / frequency error on the held-out split for the data, the VAE
+   reconstruction, the teacher at 4, 8, 25, 50 steps with CFG and the student at 1, 2, 4
+   steps -> ``DIR/metrics.json`` and ``DIR/metrics.png``;
+6. ``export``: ``AudioXPipeline.save_pretrained(DIR/export)`` (checked <= 20 MB).
+
+Budget: the default run is planned for 180 minutes on 2 CPU cores; each stage stops at
+its step count or its share of the time budget, whichever comes first (``--budget-minutes``
+scales every share; elapsed time is kept in the state, so a resumed stage only gets what
+is left; a stage that finished, by steps or by time, stays finished, since the later stages
+were built on it). Shares (minutes of 180), with the step counts they were sized for (measured on
+this project's 2-core CPU box, 2 torch threads, nothing else running):
+
+===========  =======  =======================================================
+stage        minutes  default work (cost per unit)
+===========  =======  =======================================================
+vae          45       8000 steps, batch 4 x 0.37 s crops (~0.3 s / step)
+latents      20       2000 clips of 10.96 s (render 0.06 s + encode 0.3 s)
+teacher      55       10000 steps, batch 8 (~0.31 s / step incl. conditioners)
+student      35       6000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
+classifier   8        800 clips rendered once, 1500 steps of batch 32
+eval         16       32 held-out prompts x 9 systems (planned, not capped)
+export       ~0       save + size check
+===========  =======  =======================================================
+
+Torch threads default to 2 (``num_threads``): on a box where other jobs hold a core, 1
+thread is several times faster than 2 (oversubscribed spinning), so lower it there.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, load_model, save_file, save_model
+from tqdm.auto import tqdm
+
+from ..config import AudioXConfig, get_preset
+from ..model import AudioXModel
+from ..sampling import draw_noise, sample_teacher, sample_turbo
+from .classifier import ProceduralAudioClassifier, classifier_loss, classify, labels_of
+from .dmd import DMDConfig, DMDTrainer
+from .evaluate import audio_metrics, fit_length, plot_metrics, procedural_dataset, render, spectrograms, write_metrics
+from .toy import torch_threads
+
+STAGES = ("vae", "latents", "teacher", "student", "classifier", "eval", "export")
+PLANNED_MINUTES = 180.0
+EXPORT_LIMIT_BYTES = 20 * 1024 * 1024
+StepHook = Callable[[str, int], None]
+
+
+@dataclass
+class RecipeConfig:
+    """Every knob of the recipe. ``minutes`` are shares of :data:`PLANNED_MINUTES`, scaled by
+    ``budget_minutes / PLANNED_MINUTES``."""
+
+    preset: str = "tiny"
+    model: Optional[dict] = None
+    """An :class:`AudioXConfig` dict replacing the preset (tests use a short latent)."""
+    seed: int = 0
+    num_threads: Optional[int] = 2
+    budget_minutes: float = PLANNED_MINUTES
+    checkpoint_every: int = 200
+    # 1. VAE
+    vae_steps: int = 8000
+    vae_minutes: float = 45.0
+    vae_batch: int = 4
+    vae_crop_frames: int = 8
+    vae_clip_seconds: float = 2.0
+    vae_lr: float = 3e-4
+    vae_kl_weight: float = 1e-4
+    vae_stft_sizes: tuple = (2048, 512, 128)
+    # 2. latents
+    latent_items: int = 2000
+    latents_save_every: int = 250
+    latents_minutes: float = 20.0
+    # 3. teacher
+    teacher_steps: int = 10000
+    teacher_minutes: float = 55.0
+    teacher_batch: int = 8
+    teacher_lr: float = 3e-4
+    teacher_warmup: int = 100
+    cfg_dropout: float = 0.1
+    # 4. student
+    student_updates: int = 6000
+    student_minutes: float = 35.0
+    student_batch: int = 4
+    dmd: dict = field(default_factory=lambda: {"guidance_scale": 4.0, "generator_lr": 5e-5, "critic_lr": 1e-4,
+                                               "critic_updates_per_generator_update": 4, "ema_decay": 0.99,
+                                               "weight_decay": 0.0, "grad_clip_norm": 1.0})
+    # 5. classifier and evaluation
+    classifier_items: int = 800
+    classifier_steps: int = 1500
+    classifier_minutes: float = 8.0
+    classifier_batch: int = 32
+    classifier_lr: float = 2e-3
+    eval_items: int = 32
+    eval_minutes: float = 16.0
+    eval_cfg_scale: float = 4.0
+    eval_teacher_steps: tuple = (4, 8, 25, 50)
+    eval_student_steps: tuple = (1, 2, 4)
+
+    def __post_init__(self):
+        self.vae_stft_sizes = tuple(int(s) for s in self.vae_stft_sizes)
+        self.eval_teacher_steps = tuple(int(s) for s in self.eval_teacher_steps)
+        self.eval_student_steps = tuple(int(s) for s in self.eval_student_steps)
+        if self.budget_minutes <= 0:
+            raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if self.eval_items < 2:
+            raise ValueError(f"eval_items must be >= 2 (for a covariance), got {self.eval_items}")
+        self.dmd_config()  # validates the DMD overrides early
+
+    def dmd_config(self) -> DMDConfig:
+        return DMDConfig.from_dict({"seed": self.seed, **self.dmd})
+
+    def model_config(self) -> AudioXConfig:
+        return AudioXConfig.from_dict(self.model) if self.model is not None else get_preset(self.preset)
+
+    def seconds_for(self, stage: str) -> float:
+        return getattr(self, f"{stage}_minutes") * 60.0 * self.budget_minutes / PLANNED_MINUTES
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecipeConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown recipe keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def micro(cls, **overrides) -> "RecipeConfig":
+        """Seconds-scale run for tests: a 12-frame (0.56 s) latent and a handful of steps per stage."""
+        tiny = get_preset("tiny").to_dict()
+        frames = 12
+        tiny.update(name="tiny-micro", sample_size=frames * 2048, seconds=frames * 2048 / 44100)
+        tiny["dit"].update(latent_seq_len=frames + 1, depth=1)
+        tiny["maf"].update(num_fusion_layers=1)
+        d = dict(model=tiny, num_threads=1, checkpoint_every=2, vae_steps=3, vae_batch=2, vae_crop_frames=2,
+                 vae_clip_seconds=0.5, vae_stft_sizes=(256, 64), latent_items=6, latents_save_every=2,
+                 teacher_steps=4, teacher_batch=2,
+                 teacher_warmup=1, student_updates=4, student_batch=2,
+                 dmd={"guidance_scale": 3.0, "critic_updates_per_generator_update": 1, "ema_decay": 0.5,
+                      "generator_lr": 1e-4, "critic_lr": 1e-4},
+                 classifier_items=8, classifier_steps=3, classifier_batch=4, eval_items=4,
+                 eval_teacher_steps=(1, 2), eval_student_steps=(1, 2))
+        d.update(overrides)
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- checkpoint plumbing
+
+
+def _rng(seed: int, stage: str, step: int) -> torch.Generator:
+    """A generator for (seed, stage, step): resumed runs draw what uninterrupted ones drew."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919_993 + step * 104_729 + 1) % (2 ** 63 - 1))
+    return g
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, stage: str, step: int):
+    """Seed torch's global RNG for one update and restore it after: modules that draw from
+    it (the MAF's dropout) then repeat their draws when a run is resumed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=_rng(seed, stage, step + 10 ** 9))))
+        yield
+
+
+def build_model(cfg: RecipeConfig) -> AudioXModel:
+    """The model at its seeded initialisation (the frozen T5 stand-in included), without
+    touching the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return AudioXModel(cfg.model_config())
+
+
+def _swap_in(tmp: str, directory: str) -> None:
+    old = directory + ".old"
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    if os.path.exists(directory):
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+def _read_state(directory: str) -> Optional[dict]:
+    path = os.path.join(directory, "state.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_stage(directory: str, modules: dict, optimizer: Optional[torch.optim.Optimizer], state: dict) -> None:
+    """Weights (safetensors per module), optimizer (torch.save, loadable with weights_only=True)
+    and the JSON state, written to a temporary folder and swapped in, so an interruption
+    while saving leaves the previous checkpoint whole."""
+    tmp = directory + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    for name, module in modules.items():
+        save_model(module, os.path.join(tmp, f"{name}.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    _swap_in(tmp, directory)
+
+
+def load_stage(directory: str, modules: dict, optimizer: Optional[torch.optim.Optimizer] = None) -> dict:
+    state = _read_state(directory)
+    if state is None:
+        raise FileNotFoundError(f"no stage checkpoint in {directory!r} (missing state.json)")
+    for name, module in modules.items():
+        load_model(module, os.path.join(directory, f"{name}.safetensors"))
+    opt_path = os.path.join(directory, "optimizer.pt")
+    if optimizer is not None and os.path.isfile(opt_path):
+        optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+    return state
+
+
+def train_stage(name: str, out: str, cfg: RecipeConfig, modules: dict, optimizer: torch.optim.Optimizer,
+                step_fn: Callable[[int], dict], total_steps: int, progress: bool,
+                on_step: Optional[StepHook] = None, extra_state: Optional[dict] = None) -> dict:
+    """Run ``step_fn(step)`` (one optimizer update, returns float logs) until ``total_steps``
+    or the stage's time share is spent, checkpointing every ``cfg.checkpoint_every`` steps.
+    A finished stage is loaded and skipped; an unfinished one continues from its step."""
+    directory = os.path.join(out, name)
+    state = {"stage": name, "step": 0, "elapsed_s": 0.0, "done": False, "stopped_by": None,
+             "total_steps": total_steps, "last_logs": {}, **(extra_state or {})}
+    if _read_state(directory) is not None:
+        state.update(load_stage(directory, modules, optimizer))
+        if state["done"]:
+            return state
+    budget_s = cfg.seconds_for(name)
+    bar = tqdm(total=total_steps, initial=state["step"], desc=name, disable=not progress, dynamic_ncols=True)
+    start, base = time.perf_counter(), state["elapsed_s"]
+    try:
+        while state["step"] < total_steps and base + time.perf_counter() - start < budget_s:
+            with _seeded_global_rng(cfg.seed, name, state["step"]):
+                logs = step_fn(state["step"])
+            for k, v in logs.items():
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"{name} step {state['step']}: {k} is {v}")
+            state["step"] += 1
+            state["last_logs"] = logs
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+            if state["step"] % cfg.checkpoint_every == 0:
+                state["elapsed_s"] = base + time.perf_counter() - start
+                save_stage(directory, modules, optimizer, state)
+                load_stage(directory, modules)  # continue from the stored numbers, as a resume would
+            if on_step is not None:
+                on_step(name, state["step"])
+    finally:
+        bar.close()
+    state.update(elapsed_s=base + time.perf_counter() - start, done=True,
+                 stopped_by="steps" if state["step"] >= total_steps else "time")
+    save_stage(directory, modules, optimizer, state)
+    # Later stages use the weights as stored, so a run that resumes after this stage sees the
+    # very same numbers (the VAE's weight norm is folded on save and split again on load,
+    # which may move the last bit).
+    load_stage(directory, modules)
+    return state
+
+
+# ----------------------------------------------------------------------------- 1. VAE
+
+
+def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(2048, 512, 128)) -> torch.Tensor:
+    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes. pred, target (B, C, L)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
+    p, t = pred.flatten(0, 1), target.flatten(0, 1)
+    total = pred.new_zeros(())
+    for n in sizes:
+        win = torch.hann_window(n, device=pred.device, dtype=pred.dtype)
+        mp = torch.stft(p, n, n // 4, window=win, return_complex=True).abs()
+        mt = torch.stft(t, n, n // 4, window=win, return_complex=True).abs()
+        sc = torch.linalg.norm(mt - mp) / torch.linalg.norm(mt).clamp_min(1e-7)
+        mag = (torch.log(mp.clamp_min(1e-5)) - torch.log(mt.clamp_min(1e-5))).abs().mean()
+        total = total + sc + mag
+    return total / len(sizes)
+
+
+def run_vae(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool, on_step: Optional[StepHook]) -> dict:
+    ae = model.pretransform.model
+    sr, crop = model.cfg.sample_rate, cfg.vae_crop_frames * ae.downsampling_ratio
+    ds = procedural_dataset("train", max(crop, int(cfg.vae_clip_seconds * sr)), sr, cfg.seed)
+    ae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.vae_lr, betas=(0.8, 0.99))
+
+    def step(k: int) -> dict:
+        g = _rng(cfg.seed, "vae", k)
+        idx = torch.randint(0, len(ds), (cfg.vae_batch,), generator=g).tolist()
+        clips = []
+        for i in idx:
+            audio = ds[i]["audio"]
+            off = int(torch.randint(0, audio.shape[-1] - crop + 1, (1,), generator=g))
+            clips.append(audio[:, off:off + crop])
+        x = torch.stack(clips)
+        mean, scale = ae.encoder(x).chunk(2, dim=1)
+        std = F.softplus(scale) + 1e-4
+        z = mean + std * torch.randn(mean.shape, generator=g)
+        y = ae.decoder(z)
+        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes)
+        l1 = (y - x).abs().mean()
+        kl = 0.5 * (mean.square() + std.square() - 2 * torch.log(std) - 1).mean()
+        loss = stft + l1 + cfg.vae_kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item(), "stft": stft.item(), "l1": l1.item(), "kl": kl.item()}
+
+    state = train_stage("vae", out, cfg, {"vae": ae}, opt, step, cfg.vae_steps, progress, on_step)
+    ae.eval().requires_grad_(False)
+    return state
+
+
+# ----------------------------------------------------------------------------- 2. latents
+
+
+def run_latents(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
+                on_step: Optional[StepHook]) -> dict:
+    """Encode full-length train clips; saved every ``checkpoint_every`` items, resumable."""
+    directory = os.path.join(out, "latents")
+    path = os.path.join(directory, "latents.safetensors")
+    state = _read_state(directory) or {"stage": "latents", "step": 0, "elapsed_s": 0.0, "done": False}
+    if state["done"]:
+        return state
+    mc = model.cfg
+    length = mc.dit.latent_frames * mc.downsampling_ratio
+    ds = procedural_dataset("train", length, mc.sample_rate, cfg.seed)
+    latents = list(load_file(path)["latents"]) if state["step"] else []
+    captions = list(state.get("captions", []))[: state["step"]]
+    budget_s, start, base = cfg.seconds_for("latents"), time.perf_counter(), state["elapsed_s"]
+
+    def save(done: bool) -> None:
+        tmp = directory + ".tmp"
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+        save_file({"latents": torch.stack(latents).contiguous()}, os.path.join(tmp, "latents.safetensors"))
+        state.update(step=len(latents), captions=captions, done=done, elapsed_s=base + time.perf_counter() - start,
+                     shape=list(latents[0].shape), std=float(torch.stack(latents).std()))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f, indent=1)
+        _swap_in(tmp, directory)
+
+    bar = tqdm(total=cfg.latent_items, initial=len(latents), desc="latents", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            while len(latents) < cfg.latent_items and (base + time.perf_counter() - start < budget_s
+                                                       or len(latents) < 2):
+                item = ds[len(latents)]
+                # Posterior means: the deterministic code of each clip (the KL is small, so
+                # samples would only add the VAE's own noise to the teacher's targets).
+                z = model.pretransform.encode(fit_length(item["audio"], length)[None], sample=False)[0]
+                latents.append(z)
+                captions.append(item["caption"])
+                bar.update(1)
+                if len(latents) % cfg.latents_save_every == 0:
+                    save(False)
+                if on_step is not None:
+                    on_step("latents", len(latents))
+    finally:
+        bar.close()
+    save(True)
+    return state
+
+
+def load_latents(out: str) -> tuple:
+    directory = os.path.join(out, "latents")
+    state = _read_state(directory)
+    return load_file(os.path.join(directory, "latents.safetensors"))["latents"], state["captions"]
+
+
+# ----------------------------------------------------------------------------- 3. teacher
+
+
+def caption_condition(model: AudioXModel, captions, generator: torch.Generator) -> torch.Tensor:
+    """Captions -> the DiT's cross-attention condition (B, 384, D) through the conditioners
+    (frozen, no grad) and the MAF (differentiable)."""
+    cond = model.conditioner(text=list(captions), device="cpu", generator=generator)
+    return model.conditioning_tokens(cond)
+
+
+def run_teacher(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
+                on_step: Optional[StepHook]) -> dict:
+    latents, captions = load_latents(out)
+    dit, maf = model.dit, model.maf_block
+    params = list(dit.parameters()) + list(maf.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, weight_decay=0.01)
+    dit.train().requires_grad_(True)
+    maf.train().requires_grad_(True)
+
+    def step(k: int) -> dict:
+        g = _rng(cfg.seed, "teacher", k)
+        idx = torch.randint(0, latents.shape[0], (cfg.teacher_batch,), generator=g)
+        x0 = latents[idx]
+        cond = caption_condition(model, [captions[i] for i in idx.tolist()], g)
+        keep = (torch.rand(x0.shape[0], generator=g) >= cfg.cfg_dropout).to(cond.dtype)
+        cond = cond * keep[:, None, None]  # CFG dropout: the null condition is all zeros
+        t = torch.sigmoid(torch.randn(x0.shape[0], generator=g))  # logit-normal: most weight mid-path
+        eps = torch.randn(x0.shape, generator=g)
+        z = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+        loss = F.mse_loss(dit(z, t, cond), eps - x0)
+        for group in opt.param_groups:  # linear warm-up, a function of the step so resume repeats it
+            group["lr"] = cfg.teacher_lr * min(1.0, (k + 1) / max(1, cfg.teacher_warmup))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return {"loss": loss.item(), "grad_norm": float(gn)}
+
+    state = train_stage("teacher", out, cfg, {"dit": dit, "maf": maf}, opt, step, cfg.teacher_steps, progress,
+                        on_step)
+    dit.eval().requires_grad_(False)
+    maf.eval().requires_grad_(False)
+    return state
+
+
+# ----------------------------------------------------------------------------- 4. student
+
+
+class _BudgetSpent(Exception):
+    """Raised from the DMD trainer's log hook when the student's time share is spent."""
+
+
+def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
+                on_step: Optional[StepHook]) -> tuple:
+    """DMD from the teacher DiT (MAF frozen: its condition is what the student sees). Returns
+    (state, trainer)."""
+    directory = os.path.join(out, "student")
+    ckpt = os.path.join(directory, "dmd")
+    latents, captions = load_latents(out)
+    trainer = DMDTrainer(model.dit, cfg.dmd_config())
+    state = _read_state(directory) or {"stage": "student", "elapsed_s": 0.0, "done": False}
+    if DMDTrainer.has_checkpoint(ckpt):
+        trainer.load(ckpt)
+    if state["done"]:
+        return state, trainer
+
+    def batch_fn(k: int) -> tuple:
+        g = _rng(cfg.seed, "student", k)
+        idx = torch.randint(0, latents.shape[0], (cfg.student_batch,), generator=g)
+        with torch.no_grad():
+            cond = caption_condition(model, [captions[i] for i in idx.tolist()], g)
+        return latents[idx], cond
+
+    def save_progress(done: bool, elapsed: float) -> None:
+        os.makedirs(directory, exist_ok=True)
+        state.update(done=done, elapsed_s=elapsed, step=trainer.step, generator_steps=trainer.generator_steps,
+                     total_steps=cfg.student_updates)
+        with open(os.path.join(directory, "state.json.tmp"), "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(os.path.join(directory, "state.json.tmp"), os.path.join(directory, "state.json"))
+
+    budget_s, start, base = cfg.seconds_for("student"), time.perf_counter(), state["elapsed_s"]
+
+    def log_fn(step: int, logs: dict) -> None:
+        state.setdefault("last_logs", {}).update({k: v for k, v in logs.items() if k != "k"})
+        if on_step is not None:
+            on_step("student", step)
+        if base + time.perf_counter() - start >= budget_s:
+            raise _BudgetSpent  # stop inside a chunk; the checkpoint is written below
+
+    try:
+        while trainer.step < cfg.student_updates and base + time.perf_counter() - start < budget_s:
+            target = min(cfg.student_updates, trainer.step + cfg.checkpoint_every)
+            trainer.train(batch_fn, target, progress=progress, checkpoint_dir=ckpt, log_fn=log_fn)
+            save_progress(False, base + time.perf_counter() - start)
+    except _BudgetSpent:
+        trainer.save(ckpt)
+    state["stopped_by"] = "steps" if trainer.step >= cfg.student_updates else "time"
+    if not DMDTrainer.has_checkpoint(ckpt):
+        trainer.save(ckpt)
+    save_progress(True, base + time.perf_counter() - start)
+    return state, trainer
+
+
+# ----------------------------------------------------------------------------- 5. classifier and evaluation
+
+
+def run_classifier(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
+                   on_step: Optional[StepHook]) -> tuple:
+    """Classifier on clips of the model's length from both splits (a seed disjoint from the
+    training and evaluation items) so that every note is a class it has heard."""
+    mc = model.cfg
+    length = mc.dit.latent_frames * mc.downsampling_ratio
+    directory = os.path.join(out, "classifier")
+    feats_path = os.path.join(out, "classifier_data.safetensors")
+    if os.path.isfile(feats_path):
+        data = load_file(feats_path)
+    else:
+        half = cfg.classifier_items // 2
+        specs, kinds, semis = [], [], []
+        for split, n in (("train", cfg.classifier_items - half), ("heldout", half)):
+            ds = procedural_dataset(split, length, mc.sample_rate, cfg.seed + 7_777)
+            audio, _, params = render(ds, range(n), length, progress, desc=f"classifier data ({split})")
+            specs.append(spectrograms(audio, mc.sample_rate))
+            kinds += [labels_of(p)[0] for p in params]
+            semis += [labels_of(p)[1] for p in params]
+        data = {"spec": torch.cat(specs), "kind": torch.tensor(kinds), "semitone": torch.tensor(semis)}
+        save_file(data, feats_path)
+    clf = ProceduralAudioClassifier()
+    with torch.no_grad():
+        clf.feat_mean.fill_(float(data["spec"].mean()))
+        clf.feat_std.fill_(float(data["spec"].std().clamp_min(1e-3)))
+    opt = torch.optim.AdamW(clf.parameters(), lr=cfg.classifier_lr, weight_decay=1e-4)
+    clf.train()
+
+    def step(k: int) -> dict:
+        g = _rng(cfg.seed, "classifier", k)
+        idx = torch.randint(0, data["spec"].shape[0], (cfg.classifier_batch,), generator=g)
+        spec = data["spec"][idx]
+        # Small random gain in log power (level invariance) and noise (generated audio is imperfect).
+        spec = spec + 0.5 * torch.randn(spec.shape[0], 1, 1, generator=g) + 0.3 * torch.randn(spec.shape, generator=g)
+        loss, kl, _ = classifier_loss(clf, spec, data["kind"][idx], data["semitone"][idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"loss": loss.item(), "kind_acc": float((kl.argmax(-1) == data["kind"][idx]).float().mean())}
+
+    state = train_stage("classifier", out, cfg, {"classifier": clf}, opt, step, cfg.classifier_steps, progress,
+                        on_step)
+    return state, clf.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def run_eval(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Module,
+             classifier: ProceduralAudioClassifier, progress: bool, on_step: Optional[StepHook]) -> dict:
+    """Every system on the same held-out prompts and noise; per-system results are saved as
+    they finish, so a resumed evaluation only runs the rest."""
+    directory = os.path.join(out, "eval")
+    os.makedirs(directory, exist_ok=True)
+    state = _read_state(directory) or {"stage": "eval", "done": False, "systems": {}}
+    if state["done"]:
+        return state
+    mc = model.cfg
+    sr, length = mc.sample_rate, mc.dit.latent_frames * mc.downsampling_ratio
+    n = cfg.eval_items
+    ds = procedural_dataset("heldout", length, sr, cfg.seed)
+    prompts_audio, captions, params = render(ds, range(n), length, progress, desc="eval prompts")
+    reference_audio, _, _ = render(ds, range(n, 2 * n), length, progress, desc="eval reference")
+    reference = classify(classifier, spectrograms(reference_audio, sr))["embedding"]
+    cond = caption_condition(model, captions, _rng(cfg.seed, "eval", 0))
+    noise = draw_noise((n, mc.dit.io_channels, mc.dit.latent_frames), _rng(cfg.seed, "eval", 1), "cpu")
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.pretransform.decode(latents[i:i + 4]) for i in range(0, n, 4)])
+
+    systems = {"data": lambda: prompts_audio,
+               "vae_recon": lambda: decode(torch.cat([model.pretransform.encode(prompts_audio[i:i + 4], sample=False)
+                                                      for i in range(0, n, 4)]))}
+    for s in cfg.eval_teacher_steps:
+        systems[f"teacher_{s}"] = (lambda s=s: decode(sample_teacher(
+            model.dit, noise, steps=s, cfg_scale=cfg.eval_cfg_scale, cross_attn_cond=cond)))
+    for s in cfg.eval_student_steps:
+        systems[f"student_{s}"] = (lambda s=s: decode(sample_turbo(student_dit, noise, steps=s, cross_attn_cond=cond,
+                                                                   generator=_rng(cfg.seed, "eval", 2))))
+    start = time.perf_counter()
+    for name, make in tqdm(list(systems.items()), desc="eval", disable=not progress, dynamic_ncols=True):
+        if name in state["systems"]:
+            continue
+        t0 = time.perf_counter()
+        audio = fit_length(make(), length)
+        state["systems"][name] = {**audio_metrics(classifier, audio, params, sr, reference),
+                                  "seconds": time.perf_counter() - t0}
+        with open(os.path.join(directory, "state.json"), "w") as f:
+            json.dump(state, f, indent=2)
+        if on_step is not None:
+            on_step("eval", len(state["systems"]))
+    state.update(done=True, seconds=time.perf_counter() - start, prompts=captions)
+    with open(os.path.join(directory, "state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    return state
+
+
+# ----------------------------------------------------------------------------- 6. export
+
+
+def export_pipeline(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Module, summary: str):
+    """Student DiT + trained MAF + VAE + the frozen conditioners -> ``DIR/export`` via
+    ``AudioXPipeline.save_pretrained``; raises if it is over 20 MB."""
+    from ..pipeline import AudioXPipeline, _Source
+
+    export = build_model(cfg)  # same seed: the same frozen T5 stand-in and conditioners
+    export.pretransform.load_state_dict(model.pretransform.state_dict())
+    export.maf_block.load_state_dict(model.maf_block.state_dict())
+    export.dit.load_state_dict(student_dit.state_dict())
+    pipe = AudioXPipeline(export, source=_Source(export.cfg.name, True, summary))
+    path = os.path.join(out, "export")
+    tmp = path + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, description=summary)
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
+    if size > EXPORT_LIMIT_BYTES:
+        raise RuntimeError(f"export is {size / 2**20:.1f} MB, over the {EXPORT_LIMIT_BYTES / 2**20:.0f} MB limit")
+    _swap_in(tmp, path)
+    return path, size
+
+
+# ----------------------------------------------------------------------------- the whole recipe
+
+
+def _check_out(cfg: RecipeConfig, out: str, resume: bool) -> None:
+    path = os.path.join(out, "recipe.json")
+    started = [s for s in STAGES if os.path.exists(os.path.join(out, s))]
+    if started and not resume:
+        raise FileExistsError(f"{out} already holds stages {started}: pass --resume to continue, or a new --out")
+    if resume and os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        # Budget, threads and checkpoint spacing may change between runs; anything else would
+        # mix two different models.
+        free = ("budget_minutes", "num_threads", "checkpoint_every")
+        mine = {k: v for k, v in cfg.to_dict().items() if k not in free}
+        theirs = {k: v for k, v in saved.items() if k not in free}
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{path}: the run was started with other settings ({diff}); use a new --out")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+
+
+def run_recipe(cfg: RecipeConfig, out: str, resume: bool = False, progress: bool = True,
+               on_step: Optional[StepHook] = None) -> dict:
+    """All stages; returns the metrics dict also written to ``DIR/metrics.json``.
+    ``on_step(stage, step)`` is called after every update (tests use it to interrupt)."""
+    _check_out(cfg, out, resume)
+    timings = {}
+    with torch_threads(cfg.num_threads):
+        model = build_model(cfg)
+        model.eval().requires_grad_(False)  # each stage switches on what it trains
+        stage_states = {}
+        t0 = time.perf_counter()
+        stage_states["vae"] = run_vae(cfg, out, model, progress, on_step)
+        timings["vae"] = time.perf_counter() - t0
+        for name, fn in (("latents", run_latents), ("teacher", run_teacher)):
+            t0 = time.perf_counter()
+            stage_states[name] = fn(cfg, out, model, progress, on_step)
+            timings[name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stage_states["student"], trainer = run_student(cfg, out, model, progress, on_step)
+        timings["student"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stage_states["classifier"], classifier = run_classifier(cfg, out, model, progress, on_step)
+        timings["classifier"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = run_eval(cfg, out, model, trainer.ema, classifier, progress, on_step)
+        timings["eval"] = time.perf_counter() - t0
+        latent_state = stage_states["latents"]
+        summary = (f"AudioX '{model.cfg.name}' trained from scratch by `audiox distill --recipe` on the procedural "
+                   f"captioned audio set (sine/square/saw tones, kick drums, noise bursts, chirps at 44.1 kHz): "
+                   f"VAE {stage_states['vae']['step']} steps, teacher {stage_states['teacher']['step']} steps on "
+                   f"{latent_state['step']} clips, {trainer.generator_steps} DMD generator updates "
+                   f"({cfg.dmd_config().student_timesteps} student steps). It only knows that set's captions.")
+        t0 = time.perf_counter()
+        export_path, export_bytes = export_pipeline(cfg, out, model, trainer.ema, summary)
+        timings["export"] = time.perf_counter() - t0
+    extra = {
+        "held_out_prompts": ev.get("prompts", []),
+        "stages": {k: {kk: v.get(kk) for kk in ("step", "total_steps", "elapsed_s", "stopped_by", "last_logs",
+                                                 "generator_steps", "std")}
+                   for k, v in stage_states.items()},
+        "this_run_seconds": timings,
+        "eval_cfg_scale": cfg.eval_cfg_scale,
+        "dmd_guidance_scale": cfg.dmd_config().guidance_scale,
+        "export": {"path": export_path, "bytes": export_bytes},
+        "budget_minutes": cfg.budget_minutes,
+    }
+    write_metrics(ev["systems"], extra, os.path.join(out, "metrics.json"))
+    plot_metrics(ev["systems"], os.path.join(out, "metrics.png"))
+    return {"systems": ev["systems"], **extra}

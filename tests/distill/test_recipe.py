@@ -1,0 +1,271 @@
+"""The tiny-family recipe end to end at a micro budget (interrupt, resume, metrics, export),
+and the evaluation metrics on cases with known answers."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audiox.distill.classifier import (NUM_SEMITONES, ProceduralAudioClassifier, classifier_loss, classify,
+                                       estimate_frequency, frechet_distance, labels_of, log_frequency_filterbank,
+                                       log_spectrogram, semitone_error)
+from audiox.distill.cli import main
+from audiox.distill.evaluate import METRIC_KEYS, audio_metrics, procedural_dataset, render, spectrograms
+from audiox.distill.procedural import NOTE_FREQUENCIES
+from audiox.distill.recipe import RecipeConfig, multi_resolution_stft_loss, run_recipe
+from audiox.distill.toy import torch_threads
+from audiox.pipeline import AudioXPipeline
+
+SR = 44100
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
+    cfg = RecipeConfig.micro()
+    out = tmp_path / "run"
+
+    def interrupt_at(where):
+        def hook(stage, step):
+            if (stage, step) == where:  # after the step-2 checkpoint, before the next one
+                raise Interrupted
+        return hook
+
+    with pytest.raises(Interrupted):
+        run_recipe(cfg, str(out), progress=False, on_step=interrupt_at(("vae", 3)))
+    assert json.loads((out / "vae" / "state.json").read_text())["step"] == 2
+    with pytest.raises(Interrupted):
+        run_recipe(cfg, str(out), resume=True, progress=False, on_step=interrupt_at(("latents", 3)))
+    assert json.loads((out / "latents" / "state.json").read_text())["step"] == 2
+    assert load_file(out / "latents" / "latents.safetensors")["latents"].shape == (2, 64, 12)
+    with pytest.raises(Interrupted):
+        run_recipe(cfg, str(out), resume=True, progress=False, on_step=interrupt_at(("teacher", 3)))
+    for stage in ("vae", "latents"):
+        assert json.loads((out / stage / "state.json").read_text())["done"], stage
+    teacher_state = json.loads((out / "teacher" / "state.json").read_text())
+    assert (teacher_state["step"], teacher_state["done"]) == (2, False)
+    for name in ("vae/vae.safetensors", "vae/optimizer.pt", "latents/latents.safetensors",
+                 "teacher/dit.safetensors", "teacher/maf.safetensors"):
+        assert (out / name).is_file(), name
+    assert not (out / "student").exists()
+    vae_bytes = (out / "vae" / "vae.safetensors").read_bytes()
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_recipe(cfg, str(out), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        run_recipe(RecipeConfig.micro(teacher_lr=1e-3), str(out), resume=True, progress=False)
+
+    seen = []
+    metrics = run_recipe(cfg, str(out), resume=True, progress=False, on_step=lambda s, k: seen.append((s, k)))
+    assert not [s for s, _ in seen if s in ("vae", "latents")], "finished stages ran again"
+    assert [k for s, k in seen if s == "teacher"] == [3, 4], "the teacher did not continue from its checkpoint"
+    assert (out / "vae" / "vae.safetensors").read_bytes() == vae_bytes
+
+    # The resumed run ends where an uninterrupted one does (every draw is a function of the step).
+    ref = tmp_path / "ref"
+    run_recipe(cfg, str(ref), progress=False)
+    for name in ("vae/vae.safetensors", "latents/latents.safetensors", "teacher/dit.safetensors", "teacher/maf.safetensors",
+                 "student/dmd/ema.safetensors"):
+        a, b = load_file(out / name), load_file(ref / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{name}:{k}")
+
+    # Metrics: every system, every key, finite numbers; the plot is a PNG.
+    saved = json.loads((out / "metrics.json").read_text())
+    want = {"data", "vae_recon", "teacher_1", "teacher_2", "student_1", "student_2"}
+    assert set(saved["systems"]) == want == set(metrics["systems"])
+    for name, m in saved["systems"].items():
+        assert set(METRIC_KEYS) <= set(m), name
+        assert m["num_items"] == cfg.eval_items
+        for k in ("fd", "kind_accuracy"):
+            assert math.isfinite(m[k]) and m[k] >= 0, (name, k)
+        if m["num_tones"]:
+            assert 0 <= m["median_semitone_error"] < 100
+    assert saved["systems"]["data"]["num_tones"] == 0 or saved["systems"]["data"]["median_semitone_error"] < 0.1
+    assert set(saved["stages"]) == {"vae", "latents", "teacher", "student", "classifier"}
+    assert saved["stages"]["teacher"]["step"] == cfg.teacher_steps
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Export: within the size limit, loads with from_pretrained, holds the student, and generates.
+    export = out / "export"
+    assert sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) <= 20 * 2 ** 20
+    pipe = AudioXPipeline.from_pretrained(export)
+    assert pipe.trained and "procedural" in pipe.source.detail
+    ema = load_file(out / "student" / "dmd" / "ema.safetensors")
+    for k, v in pipe.model.dit.state_dict().items():
+        torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
+    with torch_threads(1):
+        wave, sr = pipe("a loud sine tone at 440 Hz", generator=torch.Generator().manual_seed(0))
+        teacher_wave, _ = pipe("two kick drum hits", mode="teacher", steps=2, cfg_scale=3.0, generator=0)
+    assert sr == SR and wave.shape == (1, 2, int(round(pipe.cfg.seconds * SR)))
+    assert torch.isfinite(wave).all() and wave.abs().max() > 0
+    assert torch.isfinite(teacher_wave).all()
+
+
+def test_cli_recipe_micro_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--recipe", "micro", "--out", str(out), "--no-progress", "--budget-minutes", "60"]) == 0
+    assert "student_2" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["budget_minutes"] == 60
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["--recipe", "micro", "--out", str(out), "--no-progress"])
+    # Only the budget may change on resume; finished stages are then all loaded, not rerun.
+    assert main(["--recipe", "micro", "--out", str(out), "--no-progress", "--resume", "--budget-minutes", "90"]) == 0
+    with pytest.raises(SystemExit, match="--config"):
+        main([])
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"recipe": {"vae_stepz": 3}}))
+    with pytest.raises(SystemExit, match="vae_stepz"):
+        main(["--recipe", "micro", "--config", str(cfg), "--out", str(tmp_path / "x")])
+
+
+def test_recipe_config_budget_and_validation():
+    cfg = RecipeConfig()
+    shares = [cfg.seconds_for(s) / 60 for s in ("vae", "latents", "teacher", "student", "classifier", "eval")]
+    assert sum(shares) <= 180
+    half = RecipeConfig(budget_minutes=90)
+    assert half.seconds_for("teacher") == pytest.approx(cfg.seconds_for("teacher") / 2)
+    assert RecipeConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="budget_minutes"):
+        RecipeConfig(budget_minutes=0)
+    with pytest.raises(ValueError, match="train_on"):
+        RecipeConfig(dmd={"train_on": "sometimes"})
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        RecipeConfig.from_dict({"teacher_stepz": 3})
+
+
+# ----------------------------------------------------------------------------- metrics with known answers
+
+
+def test_frechet_distance_known_answers():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.randn(6, generator=g)
+    # Same covariance: only the means differ.
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift.square().sum()), rel=1e-6)
+    # b = 2 (a - mean): S_b = 4 S_a, so tr(S + 4S - 2 (4 S^2)^1/2) = tr(S); plus |mu_a|^2.
+    b = 2 * (a - a.mean(0))
+    want = float(torch.trace(torch.cov(a.T.double())) + a.double().mean(0).square().sum())
+    assert frechet_distance(a, b) == pytest.approx(want, rel=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+    with pytest.raises(ValueError, match=r"\(N, E\)"):
+        frechet_distance(a, a[:, :3])
+
+
+@pytest.mark.parametrize("freq", [110.0, 440.0, 523.251, 1234.5])
+def test_frequency_estimate_of_a_pure_tone(freq):
+    t = torch.arange(int(0.5 * SR), dtype=torch.float64) / SR
+    tone = torch.sin(2 * math.pi * freq * t + 0.3)
+    est = estimate_frequency(torch.stack([tone, 0.5 * tone]), SR)
+    assert semitone_error(est, freq) < 0.02
+
+
+def test_frequency_estimate_of_procedural_tones_and_semitone_error():
+    assert semitone_error(880.0, 440.0) == pytest.approx(12.0)
+    assert semitone_error(440.0, 880.0) == pytest.approx(12.0)
+    assert semitone_error(440.0 * 2 ** (1 / 12), 440.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="positive"):
+        semitone_error(0.0, 440.0)
+    ds = procedural_dataset("heldout", 24576, SR, seed=3, num_items=200)
+    tones = [i for i in range(200) if ds.sample_params(i)["kind"] == "tone"][:6]
+    assert {ds.sample_params(i)["waveform"] for i in tones} - {"sine"}, "want square / saw among the tones"
+    for i in tones:
+        item = ds[i]
+        assert semitone_error(estimate_frequency(item["audio"], SR), item["params"]["freq_hz"]) < 0.1
+
+
+def test_spectrogram_puts_a_tone_in_its_band():
+    fb = log_frequency_filterbank(SR)
+    assert torch.isfinite(fb).all() and (fb >= 0).all()
+    torch.testing.assert_close(fb.sum(1), torch.ones(fb.shape[0]))
+    t = torch.arange(SR // 2) / SR
+    for k in (0, 17, 40):  # notes: A2, D4, C#6; the bands are half-semitones from 55 Hz
+        f = NOTE_FREQUENCIES[k]
+        spec = log_spectrogram((0.1 * torch.sin(2 * math.pi * f * t))[None, None].expand(1, 2, -1), SR)
+        band = int(spec[0].mean(-1).argmax())
+        assert abs(band - (24 + 2 * k)) <= 1, (f, band)
+    with pytest.raises(ValueError, match=r"\(B, C, L\)"):
+        log_spectrogram(torch.zeros(2), SR)
+
+
+def test_classifier_learns_kind_and_note_and_metrics_on_data():
+    with torch_threads(1):
+        length = 24576
+        ds = procedural_dataset("train", length, SR, seed=11)
+        audio, _, params = render(ds, range(48), length)
+        spec = spectrograms(audio, SR)
+        kind = torch.tensor([labels_of(p)[0] for p in params])
+        semi = torch.tensor([labels_of(p)[1] for p in params])
+        torch.manual_seed(0)
+        clf = ProceduralAudioClassifier()
+        clf.feat_mean.fill_(float(spec.mean()))
+        clf.feat_std.fill_(float(spec.std()))
+        opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss, _, _ = classifier_loss(clf, spec, kind, semi)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out = classify(clf, spec)
+        assert out["embedding"].shape == (48, 64) and out["semitone"].max() < NUM_SEMITONES
+        assert (out["kind"] == kind).float().mean() >= 0.9  # fits its training set
+        tonal = semi >= 0
+        assert (out["semitone"][tonal] == semi[tonal]).float().mean() >= 0.8
+
+        # The data scored against itself: no frequency error, FD 0, the kinds it was fitted on.
+        m = audio_metrics(clf, audio, params, SR, out["embedding"])
+        assert m["fd"] == pytest.approx(0.0, abs=1e-6)
+        assert m["median_semitone_error"] < 0.1 and m["num_tones"] == int(tonal.sum())
+        assert m["kind_accuracy"] == pytest.approx(float((out["kind"] == kind).float().mean()))
+        # Every tone an octave up: the median error is 12 semitones.
+        up = []
+        for p, a in zip(params, audio):
+            if p["kind"] == "tone":
+                t = torch.arange(length) / SR
+                a = torch.sin(2 * math.pi * 2 * p["freq_hz"] * t).expand(2, -1)
+            up.append(a)
+        m_up = audio_metrics(clf, torch.stack(up), params, SR, out["embedding"])
+        assert m_up["median_semitone_error"] == pytest.approx(12.0, abs=0.1)
+        with pytest.raises(ValueError, match="prompts"):
+            audio_metrics(clf, audio[:3], params, SR, out["embedding"])
+        bad = audio.clone()
+        bad[0, 0, 0] = float("nan")
+        with pytest.raises(FloatingPointError):
+            audio_metrics(clf, bad, params, SR, out["embedding"])
+
+
+def test_multi_resolution_stft_loss():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2, 4096, generator=g)
+    assert float(multi_resolution_stft_loss(x, x, (256, 64))) == pytest.approx(0.0, abs=1e-6)
+    y = x + 0.3 * torch.randn(x.shape, generator=g)
+    assert float(multi_resolution_stft_loss(y, x, (256, 64))) > 0.1
+    y.requires_grad_(True)
+    multi_resolution_stft_loss(y, x, (256, 64)).backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="shape mismatch"):
+        multi_resolution_stft_loss(x, x[..., :100])
+
+
+def test_labels_of_procedural_items():
+    assert labels_of({"kind": "tone", "freq_hz": NOTE_FREQUENCIES[7]}) == (0, 7)
+    assert labels_of({"kind": "noise", "count": 3}) == (2, -1)
+    assert np.all(np.diff(NOTE_FREQUENCIES) > 0)
+
+
+def test_stage_time_budget_stops_the_student_mid_chunk(tmp_path):
+    # With budget scale b, a stage gets (its minutes) * b / 180: ~1 ms for the student here.
+    cfg = RecipeConfig.micro(student_minutes=1e-5, student_updates=6)
+    out = tmp_path / "run"
+    metrics = run_recipe(cfg, str(out), progress=False)
+    student = json.loads((out / "student" / "state.json").read_text())
+    assert student["done"] and student["stopped_by"] == "time" and 1 <= student["step"] < 6
+    assert json.loads((out / "student" / "dmd" / "state.json").read_text())["step"] == student["step"]
+    assert metrics["stages"]["student"]["stopped_by"] == "time"
+    assert set(metrics["systems"]) >= {"student_1", "student_2"}
