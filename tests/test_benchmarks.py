@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import cli, environment, report, results, telemetry, timing
+from benchmarks import cli, environment, report, results, telemetry, timing, workloads
 from benchmarks.suites import BenchConfig, run_suite
 
 # ---------------------------------------------------------------- stand-in model API
@@ -140,9 +140,11 @@ class _StubPipeline:
 
 
 def _stub_accelerate(obj, backend="auto", dtype=torch.bfloat16, cuda_graphs=True):
-    if dtype == torch.int8:
-        raise NotImplementedError("int8 path not built in this stand-in")
     return obj
+
+
+def _stub_quantize_accelerated_(module, config):
+    raise NotImplementedError(f"int8 path not built in this stand-in ({type(config).__name__})")
 
 
 def _install_stub_api(monkeypatch):
@@ -157,6 +159,9 @@ def _install_stub_api(monkeypatch):
         "audiox.pipeline": types.SimpleNamespace(AudioXPipeline=_StubPipeline),
         "engine": types.SimpleNamespace(accelerate=_stub_accelerate, sample_turbo=_engine_sample_turbo,
                                         sample_teacher=_engine_sample_teacher),
+        "engine.quantize": types.SimpleNamespace(Float8WeightAndActivationConfig=type("Float8", (), {}),
+                                                 Int8WeightAndActivationConfig=type("Int8", (), {})),
+        "engine.quant_fused_block": types.SimpleNamespace(quantize_accelerated_=_stub_quantize_accelerated_),
     }
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -536,7 +541,7 @@ def test_missing_model_api_skips_with_reason(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "audiox.config", None)
     cfg = BenchConfig.smoke_defaults(suite="dit", device="cpu", out=str(tmp_path / "d.json"))
     run = run_suite(cfg)
-    assert run["entries"] == [] and len(run["skipped"]) == 4
+    assert run["entries"] == [] and len(run["skipped"]) == len(workloads.BACKENDS)
     assert all("audiox.config" in s["reason"] for s in run["skipped"][:1])
     assert "not measured yet" not in report.render_markdown([run])  # skipped rows are shown, with reasons
     assert "skipped" in report.render_markdown([run])
