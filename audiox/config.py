@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "check_known_fields",
     "DiTConfig",
     "MAFConfig",
     "AudioXConfig",
@@ -35,6 +36,14 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A model config that cannot describe a valid AudioX model."""
+
+
+def check_known_fields(cls, d: dict, error=ConfigError) -> None:
+    """Refuse keys of ``d`` that are not fields of the dataclass ``cls``, naming them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
 
 
 @dataclass(frozen=True)
@@ -157,10 +166,7 @@ class AudioXConfig:
         d = dict(d)
         dit = DiTConfig(**d.pop("dit", {}))
         maf = MAFConfig(**d.pop("maf", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown AudioXConfig fields: {sorted(unknown)}")
+        check_known_fields(cls, d)
         return cls(dit=dit, maf=maf, **d).validate()
 
 

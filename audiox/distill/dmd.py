@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
+from ..config import check_known_fields
+
 VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 FeatureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 BatchFn = Callable[[int], tuple]
@@ -117,10 +119,7 @@ class DMDConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DMDConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DMDConfig keys {unknown}; known keys are {sorted(known)}")
+        check_known_fields(cls, d, ValueError)
         return cls(**d)
 
 

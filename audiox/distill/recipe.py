@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
+from ..config import check_known_fields
 from ..config import AudioXConfig, get_preset
 from ..model import AudioXModel
 from ..sampling import draw_noise, sample_teacher, sample_turbo
@@ -155,10 +156,7 @@ class RecipeConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RecipeConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown recipe keys {unknown}; known keys are {sorted(known)}")
+        check_known_fields(cls, d, ValueError)
         return cls(**d)
 
     @classmethod

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..config import check_known_fields
 from .dmd import DMDConfig, DMDTrainer, cfg_velocity, turbo_sample
 
 NUM_CLASSES = 2
@@ -58,10 +59,7 @@ class ToyConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ToyConfig":
         d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ToyConfig keys {unknown}; known keys are {sorted(known)}")
+        check_known_fields(cls, d, ValueError)
         dmd = d.pop("dmd", None)
         cfg = cls(**d)
         if dmd is not None:

@@ -135,7 +135,7 @@ def test_recipe_config_budget_and_validation():
         RecipeConfig(budget_minutes=0)
     with pytest.raises(ValueError, match="train_on"):
         RecipeConfig(dmd={"train_on": "sometimes"})
-    with pytest.raises(ValueError, match="unknown recipe keys"):
+    with pytest.raises(ValueError, match="unknown RecipeConfig keys"):
         RecipeConfig.from_dict({"teacher_stepz": 3})
 
 
