@@ -287,14 +287,7 @@ def prepare_dit(preset: str, device, backend: str = "eager", seed: int = 0, base
             model = api.MMDiffusionTransformer(cfg.dit)
         fill_zero_params_(model, seed)
         model = model.to(device=device, dtype=eager_dtype(device)).eval()
-    _sync(device)
-    setup_s = time.perf_counter() - t0
-    notes = []
-    if backend != "eager":
-        model, accel_s = _accelerate(model, backend, device)
-        setup_s += accel_s
-        notes.append(f"engine.accelerate took {accel_s:.2f} s")
-    return Prepared(model, backend, backend_dtype(backend, device), device, cfg, preset, setup_s, notes)
+    return _finish_prepare(model, backend, device, cfg, preset, t0)
 
 
 def prepare_pipeline(preset: str, device, backend: str = "eager", seed: int = 0, base: Prepared | None = None) -> Prepared:
@@ -312,14 +305,19 @@ def prepare_pipeline(preset: str, device, backend: str = "eager", seed: int = 0,
         pipe = copy.deepcopy(base.obj)
     else:
         pipe = _build_pipeline(cls, preset, device, seed)
+    return _finish_prepare(pipe, backend, device, cfg, preset, t0)
+
+
+def _finish_prepare(obj, backend: str, device: torch.device, cfg, preset: str, t0: float) -> Prepared:
+    """Time the build started at ``t0``, then accelerate ``obj`` for a non-eager ``backend``."""
     _sync(device)
     setup_s = time.perf_counter() - t0
     notes = []
     if backend != "eager":
-        pipe, accel_s = _accelerate(pipe, backend, device)
+        obj, accel_s = _accelerate(obj, backend, device)
         setup_s += accel_s
         notes.append(f"engine.accelerate took {accel_s:.2f} s")
-    return Prepared(pipe, backend, backend_dtype(backend, device), device, cfg, preset, setup_s, notes)
+    return Prepared(obj, backend, backend_dtype(backend, device), device, cfg, preset, setup_s, notes)
 
 
 def _build_pipeline(cls, preset: str, device: torch.device, seed: int):
