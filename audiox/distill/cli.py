@@ -32,7 +32,7 @@ from .dmd import DMDConfig
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="audiox distill", description="DMD distillation of a rectified-flow teacher.")
-    p.add_argument("--config", help="JSON config (see audiox/distill/cli.py); required unless --recipe")
+    p.add_argument("--config", help="JSON config (see audiox/distill/cli.py); optional with --toy and --recipe")
     p.add_argument("--recipe", choices=("tiny", "micro"),
                    help="the full training recipe (VAE, teacher, DMD student, evaluation, export)")
     p.add_argument("--budget-minutes", type=float, default=None,
@@ -124,9 +124,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = _load_config(args.config) if args.config else {}
         run_recipe_cli(args.recipe, cfg, args.out, args.resume, not args.no_progress, args.budget_minutes)
         return 0
-    if args.config is None:
-        raise SystemExit("audiox distill: give --config CONFIG.json (with --toy) or --recipe tiny")
-    cfg = _load_config(args.config)
+    if args.config is None and not args.toy:
+        raise SystemExit("audiox distill: give --toy, --recipe tiny, or --config CONFIG.json")
+    cfg = _load_config(args.config) if args.config else {}
     if args.toy:
         run_toy_cli(cfg, args.out, args.resume, not args.no_progress)
         return 0
