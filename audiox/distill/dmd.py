@@ -26,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
+from .._io import atomic_directory
 from ..config import check_known_fields
 
 VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -450,28 +450,16 @@ class DMDTrainer:
         """Weights as safetensors, optimizer state via torch.save (loadable with
         weights_only=True), step and config as JSON. Written to a temporary directory and
         swapped in, so an interruption while saving leaves the previous checkpoint intact."""
-        directory = os.path.abspath(directory)
-        tmp = directory + ".tmp"
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        for name in self._WEIGHT_FILES:
-            save_model(getattr(self, name), os.path.join(tmp, f"{name}.safetensors"))
-        if self.disc_head is not None:
-            save_model(self.disc_head, os.path.join(tmp, "disc_head.safetensors"))
-        torch.save({"generator": self.opt_generator.state_dict(), "critic": self.opt_critic.state_dict()},
-                   os.path.join(tmp, "optimizers.pt"))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({"format": "audiox-dmd-v1", "step": self.step, "generator_steps": self.generator_steps,
-                       "config": self.config.to_dict()}, f, indent=2)
-        old = directory + ".old"
-        if os.path.exists(old):
-            shutil.rmtree(old)
-        if os.path.exists(directory):
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if os.path.exists(old):
-            shutil.rmtree(old)
+        with atomic_directory(directory) as tmp:
+            for name in self._WEIGHT_FILES:
+                save_model(getattr(self, name), os.path.join(tmp, f"{name}.safetensors"))
+            if self.disc_head is not None:
+                save_model(self.disc_head, os.path.join(tmp, "disc_head.safetensors"))
+            torch.save({"generator": self.opt_generator.state_dict(), "critic": self.opt_critic.state_dict()},
+                       os.path.join(tmp, "optimizers.pt"))
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump({"format": "audiox-dmd-v1", "step": self.step, "generator_steps": self.generator_steps,
+                           "config": self.config.to_dict()}, f, indent=2)
 
     @staticmethod
     def has_checkpoint(directory: str) -> bool:

@@ -49,7 +49,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -60,6 +59,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
+from .._io import atomic_directory
 from ..config import check_known_fields
 from ..config import AudioXConfig, get_preset
 from ..model import AudioXModel
@@ -206,17 +206,6 @@ def build_model(cfg: RecipeConfig) -> AudioXModel:
         return AudioXModel(cfg.model_config())
 
 
-def _swap_in(tmp: str, directory: str) -> None:
-    old = directory + ".old"
-    if os.path.exists(old):
-        shutil.rmtree(old)
-    if os.path.exists(directory):
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if os.path.exists(old):
-        shutil.rmtree(old)
-
-
 def _read_state(directory: str) -> Optional[dict]:
     path = os.path.join(directory, "state.json")
     if not os.path.isfile(path):
@@ -229,17 +218,13 @@ def save_stage(directory: str, modules: dict, optimizer: Optional[torch.optim.Op
     """Weights (safetensors per module), optimizer (torch.save, loadable with weights_only=True)
     and the JSON state, written to a temporary folder and swapped in, so an interruption
     while saving leaves the previous checkpoint whole."""
-    tmp = directory + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    for name, module in modules.items():
-        save_model(module, os.path.join(tmp, f"{name}.safetensors"))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump(state, f, indent=2)
-    _swap_in(tmp, directory)
+    with atomic_directory(directory) as tmp:
+        for name, module in modules.items():
+            save_model(module, os.path.join(tmp, f"{name}.safetensors"))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f, indent=2)
 
 
 def load_stage(directory: str, modules: dict, optimizer: Optional[torch.optim.Optimizer] = None) -> dict:
@@ -372,16 +357,13 @@ def run_latents(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
     budget_s, start, base = cfg.seconds_for("latents"), time.perf_counter(), state["elapsed_s"]
 
     def save(done: bool) -> None:
-        tmp = directory + ".tmp"
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        os.makedirs(tmp)
-        save_file({"latents": torch.stack(latents).contiguous()}, os.path.join(tmp, "latents.safetensors"))
-        state.update(step=len(latents), captions=captions, done=done, elapsed_s=base + time.perf_counter() - start,
-                     shape=list(latents[0].shape), std=float(torch.stack(latents).std()))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f, indent=1)
-        _swap_in(tmp, directory)
+        with atomic_directory(directory) as tmp:
+            stacked = torch.stack(latents).contiguous()
+            save_file({"latents": stacked}, os.path.join(tmp, "latents.safetensors"))
+            state.update(step=len(latents), captions=captions, done=done, elapsed_s=base + time.perf_counter() - start,
+                         shape=list(latents[0].shape), std=float(stacked.std()))
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(state, f, indent=1)
 
     bar = tqdm(total=cfg.latent_items, initial=len(latents), desc="latents", disable=not progress,
                dynamic_ncols=True)
@@ -628,14 +610,11 @@ def export_pipeline(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit
     export.dit.load_state_dict(student_dit.state_dict())
     pipe = AudioXPipeline(export, source=_Source(export.cfg.name, True, summary))
     path = os.path.join(out, "export")
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, description=summary)
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
-    if size > EXPORT_LIMIT_BYTES:
-        raise RuntimeError(f"export is {size / 2**20:.1f} MB, over the {EXPORT_LIMIT_BYTES / 2**20:.0f} MB limit")
-    _swap_in(tmp, path)
+    with atomic_directory(path) as tmp:
+        pipe.save_pretrained(tmp, description=summary)
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
+        if size > EXPORT_LIMIT_BYTES:
+            raise RuntimeError(f"export is {size / 2**20:.1f} MB, over the {EXPORT_LIMIT_BYTES / 2**20:.0f} MB limit")
     return path, size
 
 
