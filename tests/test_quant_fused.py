@@ -1,23 +1,18 @@
 """quantize_accelerated_: the accelerated (fused-block) DiT with FP8/INT8 GEMMs."""
 
 import dataclasses
-import os
 
+import pytest
 import torch
+import torch.nn.functional as F
+from helpers import randomize_
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from helpers import randomize_  # noqa: E402
-
-from audiox.config import get_preset  # noqa: E402
-from audiox.dit import MMDiffusionTransformer  # noqa: E402
-from engine.accelerated_dit import AcceleratedDiT  # noqa: E402
-from engine.fused_block import op_set  # noqa: E402
-from engine.quant_fused_block import QuantizedFusedDiTBlock, quantize_accelerated_  # noqa: E402
-from engine.quantize import (  # noqa: E402
+from audiox.config import get_preset
+from audiox.dit import MMDiffusionTransformer
+from engine.accelerated_dit import AcceleratedDiT
+from engine.fused_block import op_set
+from engine.quant_fused_block import QuantizedFusedDiTBlock, quantize_accelerated_
+from engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,

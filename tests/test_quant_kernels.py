@@ -5,19 +5,14 @@ Every case draws fresh random inputs, writes into a NaN-poisoned ``out`` buffer,
 checks the plain-PyTorch CPU reference of each op against the same float64 formula.
 """
 
-import os
 import zlib
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference  # noqa: E402
-from kernels.quant_gemm import (  # noqa: E402
+from kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
+from kernels.quant_gemm import (
     pack_quant_conv_weight,
     scaled_conv1d_k3,
     scaled_conv1d_k3_reference,
@@ -25,7 +20,7 @@ from kernels.quant_gemm import (  # noqa: E402
     scaled_mm_reference,
     unpack_quant_conv_weight,
 )
-from kernels.quant_rows import (  # noqa: E402
+from kernels.quant_rows import (
     FORMATS,
     dequantize_per_channel,
     dequantize_rows,
@@ -33,7 +28,7 @@ from kernels.quant_rows import (  # noqa: E402
     quantize_rows,
     quantize_rows_reference,
 )
-from kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8  # noqa: E402
+from kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (weight format, activations quantized?): W8A8-FP8, W8A8-INT8, INT8 weight-only.

@@ -1,23 +1,18 @@
 """engine.quantize.quantize_ on the tiny DiT: which layers, quality per forward, memory."""
 
 import dataclasses
-import os
 
+import pytest
 import torch
+import torch.nn.functional as F
+from helpers import randomize_
+from torch import nn
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from helpers import randomize_  # noqa: E402
-from torch import nn  # noqa: E402
-
-from audiox.config import get_preset  # noqa: E402
-from audiox.dit import ChannelLastConv1d, MMDiffusionTransformer  # noqa: E402
-from engine.quant_baselines import bitsandbytes_available, swap_to_bnb_linear8bit  # noqa: E402
-from engine.quant_report import block_branches  # noqa: E402
-from engine.quantize import (  # noqa: E402
+from audiox.config import get_preset
+from audiox.dit import ChannelLastConv1d, MMDiffusionTransformer
+from engine.quant_baselines import bitsandbytes_available, swap_to_bnb_linear8bit
+from engine.quant_report import block_branches
+from engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
@@ -29,7 +24,7 @@ from engine.quantize import (  # noqa: E402
     set_backend,
     weight_memory_report,
 )
-from kernels.quant_adaln import adaln_modulate_quantize  # noqa: E402
+from kernels.quant_adaln import adaln_modulate_quantize
 
 # Velocity cosine vs the unquantized model the issue asks for, per config.
 TARGETS = {
