@@ -3,10 +3,16 @@
 Config JSON::
 
     {
+      "recipe": {... RecipeConfig fields ...},  # the AudioX run (VAE, teacher, DMD student, eval, export)
       "dmd": {... DMDConfig fields ...},        # optional, overrides toy.dmd for --toy
       "toy": {... ToyConfig fields ...},        # optional, for --toy
       "checkpoint_every": 300                   # optional
     }
+
+A config with a ``"recipe"`` object runs the AudioX recipe from those settings (fields left
+out keep the ``tiny`` recipe's defaults; ``"model"`` may replace the preset's AudioXConfig;
+its DMD settings are ``recipe.dmd``), so ``audiox distill --config run.json --out DIR`` and
+``audiox distill --recipe tiny --config run.json --out DIR`` are the same run.
 
 ``audiox distill --recipe tiny --out DIR [--resume] [--budget-minutes M] [--config CONFIG.json]``
 runs the whole tiny-family recipe (VAE, teacher, 4-step DMD student, evaluation, export;
@@ -17,7 +23,7 @@ seconds-scale version the tests run.
 ``--toy`` runs the 2-D proof end to end (teacher, DMD, evaluation) and writes
 ``teacher.safetensors``, ``checkpoint/`` (resumable), ``metrics.json`` and ``toy_result.png``
 (data / teacher 100-step / teacher 4-step / student 4-step) into ``--out``.
-A config without ``--toy`` or ``--recipe`` is refused (there is no other run).
+A config with neither a ``"recipe"`` object nor ``--toy`` is refused with what to add.
 """
 from __future__ import annotations
 
@@ -130,8 +136,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.toy:
         run_toy_cli(cfg, args.out, args.resume, not args.no_progress)
         return 0
-    print("audiox distill: a config alone runs nothing: the audio-model run is not wired yet as a config run; "
-          "use --recipe tiny (the whole AudioX recipe) or --toy (the 2-D proof run).", file=sys.stderr)
+    if "recipe" in cfg:
+        run_recipe_cli("tiny", cfg, args.out, args.resume, not args.no_progress, args.budget_minutes)
+        return 0
+    print(f"audiox distill: {args.config} has no \"recipe\" object, so it names no run: add \"recipe\": {{...}} "
+          "(RecipeConfig fields; {} is the tiny recipe) for the AudioX run, or pass --toy for the 2-D proof run.",
+          file=sys.stderr)
     return 2
 
 

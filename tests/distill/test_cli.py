@@ -27,8 +27,8 @@ def test_toy_cli_end_to_end_and_resume(tmp_path, capsys):
 def test_cli_errors(tmp_path, capsys):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"toy": {}}))
-    assert main(["--config", str(path)]) == 2  # the audio-model run is not wired yet
-    assert "not wired" in capsys.readouterr().err
+    assert main(["--config", str(path)]) == 2  # no "recipe" object and no --toy: no run named
+    assert 'no "recipe" object' in capsys.readouterr().err
     path.write_text(json.dumps({"dmdd": {}}))
     try:
         main(["--config", str(path), "--toy"])
@@ -36,3 +36,16 @@ def test_cli_errors(tmp_path, capsys):
         assert "unknown top-level config keys" in str(e)
     else:
         raise AssertionError("unknown key accepted")
+
+
+def test_config_with_recipe_runs_the_recipe(tmp_path, monkeypatch):
+    """`--config` alone with a "recipe" object is the AudioX run, with the config's settings."""
+    import audiox.distill.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "run_recipe_cli", lambda *a: calls.append(a) or {})
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"recipe": {"teacher_lr": 1e-4}}))
+    assert main(["--config", str(path), "--out", str(tmp_path / "o"), "--resume", "--budget-minutes", "90"]) == 0
+    name, cfg, out, resume, _, budget = calls[0]
+    assert (name, cfg["recipe"], out, resume, budget) == ("tiny", {"teacher_lr": 1e-4}, str(tmp_path / "o"), True, 90.0)
