@@ -105,10 +105,34 @@ def plot_metrics(metrics: dict, path: str) -> None:
     plt.close(fig)
 
 
+def quality_markdown(systems: dict) -> str:
+    """The recipe's per-system metrics (``metrics.json``'s ``"systems"``) as a Markdown table,
+    with the issue's two FD ratios for the 4-step student when its references are there."""
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    rows = ["| system | FD (classifier emb.) | kind accuracy | note accuracy (tones) | median tone error (semitones) | items (tones) | seconds |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, m in systems.items():
+        rows.append(f"| {name} | {num(m['fd'], '.3f')} | {num(m['kind_accuracy'], '.2f')} | "
+                    f"{num(m['semitone_accuracy'], '.2f')} | {num(m['median_semitone_error'], '.2f')} | "
+                    f"{m['num_items']} ({m['num_tones']}) | {num(m.get('seconds'), '.1f')} |")
+    s4 = systems.get("student_4")
+    notes = []
+    for ref, bar in (("teacher_50", 1.3), ("teacher_4", 0.5)):
+        if s4 is not None and ref in systems and systems[ref]["fd"] > 0:
+            ratio = s4["fd"] / systems[ref]["fd"]
+            notes.append(f"student_4 FD / {ref} FD = {ratio:.2f} (bar <= {bar}: {'met' if ratio <= bar else 'NOT met'})")
+    if s4 is not None and s4["median_semitone_error"] is not None:
+        err = s4["median_semitone_error"]
+        notes.append(f"student_4 median tone error {err:.2f} semitones (bar <= 1: {'met' if err <= 1 else 'NOT met'})")
+    return "\n".join(rows) + ("\n\n" + "; ".join(notes) + "." if notes else "") + "\n"
+
+
 def write_metrics(metrics: dict, extra: Optional[dict], path: str) -> None:
     with open(path, "w") as f:
         json.dump({"systems": metrics, **(extra or {})}, f, indent=2)
 
 
-__all__ = ["METRIC_KEYS", "audio_metrics", "fit_length", "plot_metrics", "procedural_dataset", "render",
-           "spectrograms", "write_metrics"]
+__all__ = ["METRIC_KEYS", "audio_metrics", "fit_length", "plot_metrics", "procedural_dataset", "quality_markdown",
+           "render", "spectrograms", "write_metrics"]
