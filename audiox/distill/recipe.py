@@ -30,12 +30,12 @@ this project's 2-core CPU box, 2 torch threads, nothing else running):
 ===========  =======  =======================================================
 stage        minutes  default work (cost per unit)
 ===========  =======  =======================================================
-vae          45       8000 steps, batch 4 x 0.37 s crops (~0.3 s / step)
-latents      20       2000 clips of 10.96 s (render 0.06 s + encode 0.3 s)
+vae          60       12000 steps, batch 4 x 0.37 s crops (~0.3 s / step)
+latents      15       2000 clips of 10.96 s (measured: 11.5 min in all)
 teacher      55       10000 steps, batch 8 (~0.31 s / step incl. conditioners)
-student      35       6000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
-classifier   8        800 clips rendered once, 1500 steps of batch 32
-eval         16       32 held-out prompts x 9 systems (planned, not capped)
+student      30       6000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
+classifier   6        800 clips rendered once, 1500 steps of batch 32
+eval         14       32 held-out prompts x 9 systems (planned, not capped)
 export       ~0       save + size check
 ===========  =======  =======================================================
 
@@ -88,18 +88,19 @@ class RecipeConfig:
     budget_minutes: float = PLANNED_MINUTES
     checkpoint_every: int = 200
     # 1. VAE
-    vae_steps: int = 8000
-    vae_minutes: float = 45.0
+    vae_steps: int = 12000
+    vae_minutes: float = 60.0
     vae_batch: int = 4
     vae_crop_frames: int = 8
     vae_clip_seconds: float = 2.0
-    vae_lr: float = 3e-4
+    vae_lr: float = 5e-4
     vae_kl_weight: float = 1e-4
-    vae_stft_sizes: tuple = (2048, 512, 128)
+    vae_stft_sizes: tuple = (4096, 1024, 256)
+    vae_stft_floor_db: float = -80.0
     # 2. latents
     latent_items: int = 2000
     latents_save_every: int = 250
-    latents_minutes: float = 20.0
+    latents_minutes: float = 15.0
     # 3. teacher
     teacher_steps: int = 10000
     teacher_minutes: float = 55.0
@@ -109,7 +110,7 @@ class RecipeConfig:
     cfg_dropout: float = 0.1
     # 4. student
     student_updates: int = 6000
-    student_minutes: float = 35.0
+    student_minutes: float = 30.0
     student_batch: int = 4
     dmd: dict = field(default_factory=lambda: {"guidance_scale": 4.0, "generator_lr": 5e-5, "critic_lr": 1e-4,
                                                "critic_updates_per_generator_update": 4, "ema_decay": 0.99,
@@ -117,11 +118,11 @@ class RecipeConfig:
     # 5. classifier and evaluation
     classifier_items: int = 800
     classifier_steps: int = 1500
-    classifier_minutes: float = 8.0
+    classifier_minutes: float = 6.0
     classifier_batch: int = 32
     classifier_lr: float = 2e-3
     eval_items: int = 32
-    eval_minutes: float = 16.0
+    eval_minutes: float = 14.0
     eval_cfg_scale: float = 4.0
     eval_teacher_steps: tuple = (4, 8, 25, 50)
     eval_student_steps: tuple = (1, 2, 4)
@@ -287,8 +288,15 @@ def train_stage(name: str, out: str, cfg: RecipeConfig, modules: dict, optimizer
 # ----------------------------------------------------------------------------- 1. VAE
 
 
-def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(2048, 512, 128)) -> torch.Tensor:
-    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes. pred, target (B, C, L)."""
+def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(4096, 1024, 256),
+                               floor_db: float = -80.0) -> torch.Tensor:
+    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes. pred, target (B, C, L).
+
+    The log magnitudes are taken of ``|X| + floor`` with the floor ``floor_db`` below the
+    Hann-window peak of a full-scale sine (``n / 4``). Without it (a clamp at 1e-5, -146 dB)
+    the L1 of logs is ruled by the empty bins of these sparse spectra (pure tones, silence
+    between hits): a VAE trained so came out 32 dB too quiet, with only its own artefacts
+    left (measured on the tiny VAE after 6000 steps)."""
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
     p, t = pred.flatten(0, 1), target.flatten(0, 1)
@@ -298,7 +306,8 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(
         mp = torch.stft(p, n, n // 4, window=win, return_complex=True).abs()
         mt = torch.stft(t, n, n // 4, window=win, return_complex=True).abs()
         sc = torch.linalg.norm(mt - mp) / torch.linalg.norm(mt).clamp_min(1e-7)
-        mag = (torch.log(mp.clamp_min(1e-5)) - torch.log(mt.clamp_min(1e-5))).abs().mean()
+        floor = (n / 4) * 10.0 ** (floor_db / 20.0)
+        mag = (torch.log(mp + floor) - torch.log(mt + floor)).abs().mean()
         total = total + sc + mag
     return total / len(sizes)
 
@@ -323,7 +332,7 @@ def run_vae(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool, on_
         std = F.softplus(scale) + 1e-4
         z = mean + std * torch.randn(mean.shape, generator=g)
         y = ae.decoder(z)
-        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes)
+        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes, cfg.vae_stft_floor_db)
         l1 = (y - x).abs().mean()
         kl = 0.5 * (mean.square() + std.square() - 2 * torch.log(std) - 1).mean()
         loss = stft + l1 + cfg.vae_kl_weight * kl

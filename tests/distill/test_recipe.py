@@ -254,6 +254,19 @@ def test_multi_resolution_stft_loss():
         multi_resolution_stft_loss(x, x[..., :100])
 
 
+def test_stft_loss_floor_ignores_what_is_inaudible_in_sparse_spectra():
+    """A pure tone: hiss 100 dB below it costs (nearly) nothing with the -80 dB floor, yet
+    dominated the old 1e-5 clamp (floor at -inf here), while the tone's level still counts."""
+    g = torch.Generator().manual_seed(1)
+    t = torch.arange(16384) / SR
+    tone = (0.8 * torch.sin(2 * math.pi * (300 + 200 * torch.rand((), generator=g)) * t)).expand(1, 2, -1)
+    hiss = tone + 1e-5 * torch.randn(tone.shape, generator=g)
+    floored = float(multi_resolution_stft_loss(hiss, tone, (1024, 256)))
+    unfloored = float(multi_resolution_stft_loss(hiss, tone, (1024, 256), floor_db=-400.0))
+    assert floored < 0.02 and unfloored > 0.3
+    assert float(multi_resolution_stft_loss(0.5 * tone, tone, (1024, 256))) > 0.3  # 6 dB too soft
+
+
 def test_labels_of_procedural_items():
     assert labels_of({"kind": "tone", "freq_hz": NOTE_FREQUENCIES[7]}) == (0, 7)
     assert labels_of({"kind": "noise", "count": 3}) == (2, -1)
