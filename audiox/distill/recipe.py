@@ -97,6 +97,9 @@ class RecipeConfig:
     vae_kl_weight: float = 1e-4
     vae_stft_sizes: tuple = (4096, 1024, 256)
     vae_stft_floor_db: float = -80.0
+    vae_max_tone_error: Optional[float] = 1.0
+    """The VAE must reconstruct held-out tones within this many semitones (median) before
+    the later stages run on its latents (:func:`check_vae`); None skips the check."""
     # 2. latents
     latent_items: int = 2000
     latents_save_every: int = 250
@@ -169,6 +172,7 @@ class RecipeConfig:
         tiny["dit"].update(latent_seq_len=frames + 1, depth=1)
         tiny["maf"].update(num_fusion_layers=1)
         d = dict(model=tiny, num_threads=1, checkpoint_every=2, vae_steps=3, vae_batch=2, vae_crop_frames=2,
+                 vae_max_tone_error=None,
                  vae_clip_seconds=0.5, vae_stft_sizes=(256, 64), latent_items=6, latents_save_every=2,
                  teacher_steps=4, teacher_batch=2,
                  teacher_warmup=1, student_updates=4, student_batch=2,
@@ -344,7 +348,41 @@ def run_vae(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool, on_
 
     state = train_stage("vae", out, cfg, {"vae": ae}, opt, step, cfg.vae_steps, progress, on_step)
     ae.eval().requires_grad_(False)
+    state["check"] = check_vae(model, cfg.seed)
+    gate = cfg.vae_max_tone_error
+    if gate is not None and not state["check"]["median_semitone_error"] <= gate:
+        c = state["check"]
+        raise RuntimeError(
+            f"the VAE reconstructs held-out tones {c['median_semitone_error']:.2f} semitones off (median of "
+            f"{c['num_tones']}; level {c['median_level_db']:+.1f} dB), over vae_max_tone_error={gate}: the teacher "
+            f"would learn from a codec that loses the pitch. Give the VAE more time (vae_minutes / vae_steps in a "
+            f"new --out), or set vae_max_tone_error to null to go on anyway.")
     return state
+
+
+@torch.no_grad()
+def check_vae(model: AudioXModel, seed: int, num_tones: int = 16, frames: int = 32) -> dict:
+    """Reconstruct ``num_tones`` held-out tones (``frames`` latent frames each) and measure
+    what the later stages depend on: the pitch (median |semitone error| of the spectral
+    peak) and the level (median peak gain, dB)."""
+    from .classifier import estimate_frequency, semitone_error
+
+    mc = model.cfg
+    length = frames * mc.downsampling_ratio
+    ds = procedural_dataset("heldout", length, mc.sample_rate, seed + 1)
+    errors, gains, i = [], [], 0
+    while len(errors) < num_tones:
+        item = ds[i]
+        i += 1
+        if item["params"]["kind"] != "tone":
+            continue
+        x = fit_length(item["audio"], length)[None]
+        y = model.pretransform.decode(model.pretransform.encode(x, sample=False))
+        errors.append(semitone_error(estimate_frequency(y[0], mc.sample_rate), item["params"]["freq_hz"]))
+        gains.append(20 * math.log10(max(float(y.abs().max()), 1e-12) / float(x.abs().max())))
+    return {"median_semitone_error": float(torch.tensor(errors).median()),
+            "fraction_within_1_semitone": float((torch.tensor(errors) <= 1.0).float().mean()),
+            "median_level_db": float(torch.tensor(gains).median()), "num_tones": num_tones}
 
 
 # ----------------------------------------------------------------------------- 2. latents
@@ -689,7 +727,7 @@ def run_recipe(cfg: RecipeConfig, out: str, resume: bool = False, progress: bool
     extra = {
         "held_out_prompts": ev.get("prompts", []),
         "stages": {k: {kk: v.get(kk) for kk in ("step", "total_steps", "elapsed_s", "stopped_by", "last_logs",
-                                                 "generator_steps", "std")}
+                                                 "generator_steps", "std", "check")}
                    for k, v in stage_states.items()},
         "this_run_seconds": timings,
         "eval_cfg_scale": cfg.eval_cfg_scale,

@@ -90,6 +90,7 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     assert saved["systems"]["data"]["num_tones"] == 0 or saved["systems"]["data"]["median_semitone_error"] < 0.1
     assert set(saved["stages"]) == {"vae", "latents", "teacher", "student", "classifier"}
     assert saved["stages"]["teacher"]["step"] == cfg.teacher_steps
+    assert set(saved["stages"]["vae"]["check"]) >= {"median_semitone_error", "median_level_db", "num_tones"}
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Export: within the size limit, loads with from_pretrained, holds the student, and generates.
@@ -301,3 +302,12 @@ def test_quality_markdown_table_and_bars():
     failing = quality_markdown({"teacher_4": m(10.0, None), "teacher_50": m(5.0, None), "student_4": m(8.0, 2.0)})
     assert "teacher_50 FD = 1.60 (bar <= 1.3: NOT met)" in failing and "(bar <= 0.5: NOT met)" in failing
     assert "2.00 semitones (bar <= 1: NOT met)" in failing and "| teacher_4 | 10.000 | 0.75 | 0.50 | - |" in failing
+
+
+def test_vae_gate_stops_the_recipe_before_the_teacher(tmp_path):
+    """A VAE that loses the pitch (3 steps of training) stops the run with the numbers, and
+    no later stage starts."""
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"semitones off .* vae_max_tone_error=0.5"):
+        run_recipe(RecipeConfig.micro(vae_max_tone_error=0.5), str(out), progress=False)
+    assert (out / "vae" / "state.json").is_file() and not (out / "latents").exists()
