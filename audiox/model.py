@@ -26,8 +26,13 @@ __all__ = ["AudioXModel", "vae_config_for", "conditioner_config_for"]
 COND_IDS = ("video_prompt", "text_prompt", "audio_prompt")
 
 
-def vae_config_for(cfg: AudioXConfig) -> VAEConfig:
-    """The VAE described by ``cfg.vae`` (a preset name or the official pretransform JSON)."""
+def vae_config_for(cfg: AudioXConfig):
+    """The VAE described by ``cfg.vae`` (a preset name, ``{"type": "ddsp", "config": {...}}``
+    for the procedural recipe's codec, or the official pretransform JSON)."""
+    if cfg.vae.get("type") == "ddsp":
+        from .ddsp_vae import DDSPConfig
+
+        return DDSPConfig.from_dict({"sample_rate": cfg.sample_rate, **cfg.vae.get("config", {})})
     if cfg.vae.get("preset") == "tiny":
         return VAEConfig.tiny()
     inner = cfg.vae.get("config", {})

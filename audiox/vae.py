@@ -277,14 +277,21 @@ class AudioAutoencoder(nn.Module):
 
     def encode(self, audio: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
         """audio: (B, in_channels, L) -> latents (B, latent_dim, ~L / downsampling_ratio)."""
+        return self.bottleneck.encode(self._encoder_output(audio), generator=generator, sample=sample)
+
+    def _encoder_output(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 3 or audio.shape[1] != self.config.in_channels:
             raise ValueError(f"AudioAutoencoder.encode expects audio (B, {self.config.in_channels}, L), "
                              f"got {tuple(audio.shape)}")
         if audio.shape[-1] < self.downsampling_ratio:
             raise ValueError(f"AudioAutoencoder.encode needs at least {self.downsampling_ratio} samples, "
                              f"got {audio.shape[-1]}")
-        audio = audio.to(self.encoder.layers[0].weight.dtype)
-        return self.bottleneck.encode(self.encoder(audio), generator=generator, sample=sample)
+        return self.encoder(audio.to(self.encoder.layers[0].weight.dtype))
+
+    def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio (B, in_channels, L) -> (mean, std) of the latent posterior (for training)."""
+        mean, scale = self._encoder_output(audio).chunk(2, dim=1)
+        return mean, F.softplus(scale) + 1e-4
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: (B, latent_dim, T) -> audio (B, out_channels, T * downsampling_ratio)."""
@@ -298,9 +305,11 @@ class AudioAutoencoder(nn.Module):
 class AutoencoderPretransform(nn.Module):
     """Holds the autoencoder at `.model` (so keys read `pretransform.model.*`), scale 1.0 as released."""
 
-    def __init__(self, config: VAEConfig | None = None, scale: float = 1.0):
+    def __init__(self, config=None, scale: float = 1.0):
         super().__init__()
-        self.model = AudioAutoencoder(config)
+        from .ddsp_vae import DDSPAutoencoder, DDSPConfig
+
+        self.model = DDSPAutoencoder(config) if isinstance(config, DDSPConfig) else AudioAutoencoder(config)
         self.scale = scale
         self.downsampling_ratio = self.model.downsampling_ratio
         self.io_channels = self.model.io_channels

@@ -2,8 +2,10 @@
 
 Stages, each in ``DIR/<stage>/`` with safetensors weights and a JSON state, each resumable:
 
-1. ``vae``: the tiny Oobleck VAE on crops of procedural train clips (multi-resolution STFT
-   + L1 reconstruction, a small KL term);
+1. ``vae``: the VAE on crops of procedural train clips (multi-resolution STFT with a
+   -80 dB floor and log-band terms, a small KL term): by default the DDSP codec of
+   :mod:`audiox.ddsp_vae` (``vae_type="ddsp"``), since the tiny preset's Oobleck did not
+   learn pitch in this budget; :func:`check_vae` then gates the later stages;
 2. ``latents``: procedural train clips of the model's full length (236 latent frames for
    ``tiny``) encoded to posterior means by that VAE, with their captions;
 3. ``teacher``: DiT + MAF as a rectified-flow model on those latents with caption
@@ -30,10 +32,10 @@ this project's 2-core CPU box, 2 torch threads, nothing else running):
 ===========  =======  =======================================================
 stage        minutes  default work (cost per unit)
 ===========  =======  =======================================================
-vae          60       12000 steps, batch 4 x 0.37 s crops (~0.3 s / step)
-latents      15       2000 clips of 10.96 s (measured: 11.5 min in all)
-teacher      55       10000 steps, batch 8 (~0.31 s / step incl. conditioners)
-student      30       6000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
+vae          20       4000 steps, batch 8 x 0.74 s crops (DDSP codec)
+latents      15       2000 clips of 10.96 s (11.5 min with the Oobleck; the codec is cheaper)
+teacher      80       15000 steps, batch 8 (~0.31 s / step incl. conditioners)
+student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
 classifier   6        800 clips rendered once, 1500 steps of batch 32
 eval         14       32 held-out prompts x 9 systems (planned, not capped)
 export       ~0       save + size check
@@ -88,15 +90,22 @@ class RecipeConfig:
     budget_minutes: float = PLANNED_MINUTES
     checkpoint_every: int = 200
     # 1. VAE
-    vae_steps: int = 12000
-    vae_minutes: float = 60.0
-    vae_batch: int = 4
-    vae_crop_frames: int = 8
+    vae_type: str = "ddsp"
+    """"ddsp": the procedural codec of :mod:`audiox.ddsp_vae` (the default: pitch-exact by
+    construction); "preset": the preset's own VAE (the tiny Oobleck, which did not learn
+    pitch in this budget; see :func:`multi_resolution_stft_loss`)."""
+    vae_steps: int = 4000
+    vae_minutes: float = 20.0
+    vae_batch: int = 8
+    vae_crop_frames: int = 16
     vae_clip_seconds: float = 2.0
-    vae_lr: float = 5e-4
+    vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
+    vae_l1_weight: float = 0.0
+    """Waveform L1 (for a waveform decoder; 0 for the DDSP codec, whose phases are its own)."""
     vae_stft_sizes: tuple = (4096, 1024, 256)
     vae_stft_floor_db: float = -80.0
+    vae_bands: tuple = (12, 48, 192)
     vae_max_tone_error: Optional[float] = 1.0
     """The VAE must reconstruct held-out tones within this many semitones (median) before
     the later stages run on its latents (:func:`check_vae`); None skips the check."""
@@ -105,15 +114,15 @@ class RecipeConfig:
     latents_save_every: int = 250
     latents_minutes: float = 15.0
     # 3. teacher
-    teacher_steps: int = 10000
-    teacher_minutes: float = 55.0
+    teacher_steps: int = 15000
+    teacher_minutes: float = 80.0
     teacher_batch: int = 8
     teacher_lr: float = 3e-4
     teacher_warmup: int = 100
     cfg_dropout: float = 0.1
     # 4. student
-    student_updates: int = 6000
-    student_minutes: float = 30.0
+    student_updates: int = 7000
+    student_minutes: float = 40.0
     student_batch: int = 4
     dmd: dict = field(default_factory=lambda: {"guidance_scale": 4.0, "generator_lr": 5e-5, "critic_lr": 1e-4,
                                                "critic_updates_per_generator_update": 4, "ema_decay": 0.99,
@@ -132,6 +141,9 @@ class RecipeConfig:
 
     def __post_init__(self):
         self.vae_stft_sizes = tuple(int(s) for s in self.vae_stft_sizes)
+        self.vae_bands = tuple(int(b) for b in self.vae_bands)
+        if self.vae_type not in ("ddsp", "preset"):
+            raise ValueError(f"vae_type must be 'ddsp' or 'preset', got {self.vae_type!r}")
         self.eval_teacher_steps = tuple(int(s) for s in self.eval_teacher_steps)
         self.eval_student_steps = tuple(int(s) for s in self.eval_student_steps)
         if self.budget_minutes <= 0:
@@ -146,7 +158,10 @@ class RecipeConfig:
         return DMDConfig.from_dict({"seed": self.seed, **self.dmd})
 
     def model_config(self) -> AudioXConfig:
-        return AudioXConfig.from_dict(self.model) if self.model is not None else get_preset(self.preset)
+        cfg = AudioXConfig.from_dict(self.model) if self.model is not None else get_preset(self.preset)
+        if self.vae_type == "ddsp":
+            cfg = dataclasses.replace(cfg, vae={"type": "ddsp", "config": {}})
+        return cfg
 
     def seconds_for(self, stage: str) -> float:
         return getattr(self, f"{stage}_minutes") * 60.0 * self.budget_minutes / PLANNED_MINUTES
@@ -293,15 +308,21 @@ def train_stage(name: str, out: str, cfg: RecipeConfig, modules: dict, optimizer
 
 
 def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(4096, 1024, 256),
-                               floor_db: float = -80.0) -> torch.Tensor:
-    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes. pred, target (B, C, L).
+                               floor_db: float = -80.0, bands: tuple = ()) -> torch.Tensor:
+    """Mean over FFT sizes of spectral convergence + L1 of log magnitudes, plus, for each
+    entry of ``bands``, an L1 of log magnitudes summed in that many log-spaced bands.
+    pred, target (B, C, L).
 
     The log magnitudes are taken of ``|X| + floor`` with the floor ``floor_db`` below the
     Hann-window peak of a full-scale sine (``n / 4``). Without it (a clamp at 1e-5, -146 dB)
     the L1 of logs is ruled by the empty bins of these sparse spectra (pure tones, silence
     between hits): the tiny VAE trained so for 6000 steps played held-out tones 13 dB too
     quiet (median; 32 dB for a loud sine) and 15 semitones off, its own artefacts at
-    multiples of 44100 / 128 Hz louder than the tone (:func:`check_vae`)."""
+    multiples of 44100 / 128 Hz louder than the tone (:func:`check_vae`). The band terms give
+    a gradient toward a partial that is near but not on the right bins (a per-bin loss only
+    penalises energy in the wrong bin)."""
+    from ..ddsp_vae import log_band_filterbank
+
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
     p, t = pred.flatten(0, 1), target.flatten(0, 1)
@@ -314,6 +335,9 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(
         floor = (n / 4) * 10.0 ** (floor_db / 20.0)
         mag = (torch.log(mp + floor) - torch.log(mt + floor)).abs().mean()
         total = total + sc + mag
+        for nb in bands:
+            fb = log_band_filterbank(n, int(nb), 44100).to(pred.device, pred.dtype)
+            total = total + (torch.log(fb @ mp + floor) - torch.log(fb @ mt + floor)).abs().mean()
     return total / len(sizes)
 
 
@@ -333,14 +357,13 @@ def run_vae(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool, on_
             off = int(torch.randint(0, audio.shape[-1] - crop + 1, (1,), generator=g))
             clips.append(audio[:, off:off + crop])
         x = torch.stack(clips)
-        mean, scale = ae.encoder(x).chunk(2, dim=1)
-        std = F.softplus(scale) + 1e-4
+        mean, std = ae.posterior(x)
         z = mean + std * torch.randn(mean.shape, generator=g)
-        y = ae.decoder(z)
-        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes, cfg.vae_stft_floor_db)
+        y = ae.decode(z)[..., :crop]
+        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes, cfg.vae_stft_floor_db, cfg.vae_bands)
         l1 = (y - x).abs().mean()
         kl = 0.5 * (mean.square() + std.square() - 2 * torch.log(std) - 1).mean()
-        loss = stft + l1 + cfg.vae_kl_weight * kl
+        loss = stft + cfg.vae_l1_weight * l1 + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
