@@ -137,6 +137,31 @@ class DDSPAutoencoder(nn.Module):
         self.register_buffer("noise_filterbank", log_band_filterbank(c.n_fft, c.noise_bands, c.sample_rate),
                              persistent=False)
         self._log_lo, self._log_hi = math.log(c.f0_min_hz), math.log(c.f0_max_hz)
+        # Per-channel standardisation of the latents the DiT sees (identity while the codec
+        # trains; set from data by :meth:`set_latent_normalization`, saved with the weights).
+        self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
+        self.register_buffer("latent_std", torch.ones(c.latent_dim))
+        self._register_load_state_dict_pre_hook(self._default_normalization)
+
+    def _default_normalization(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the normalisation existed load as identity."""
+        for name in ("latent_mean", "latent_std"):
+            if prefix + name not in state_dict:
+                buf = getattr(self, name)
+                state_dict[prefix + name] = torch.ones_like(buf) if name == "latent_std" else torch.zeros_like(buf)
+
+    @torch.no_grad()
+    def set_latent_normalization(self, raw_means: torch.Tensor) -> None:
+        """Standardise each latent channel with the mean / std of ``raw_means``
+        (N, latent_dim, T) posterior means taken with the identity normalisation."""
+        if raw_means.dim() != 3 or raw_means.shape[1] != self.latent_dim:
+            raise ValueError(f"raw_means must be (N, {self.latent_dim}, T), got {tuple(raw_means.shape)}")
+        flat = raw_means.transpose(0, 1).reshape(self.latent_dim, -1).float()
+        self.latent_mean.copy_(flat.mean(1))
+        self.latent_std.copy_(flat.std(1).clamp_min(1e-3))
+
+    def _normalize(self, t: torch.Tensor) -> torch.Tensor:
+        return (t - self.latent_mean[None, :, None]) / self.latent_std[None, :, None]
 
     # ------------------------------------------------------------------ encode
 
@@ -152,8 +177,9 @@ class DDSPAutoencoder(nn.Module):
         return audio.float()
 
     def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio (B, 2, L) -> (mean, std), each (B, latent_dim, ceil(L / downsampling_ratio));
-        channel 0 is the analysed pitch with std 1e-4 (the bottleneck's floor)."""
+        """audio (B, 2, L) -> (mean, std), each (B, latent_dim, ceil(L / downsampling_ratio)),
+        standardised per channel; channel 0 is the analysed pitch with std 1e-4 (the
+        bottleneck's floor) before standardisation."""
         c = self.config
         audio = self._check_audio(audio)
         spec = torch.stft(audio.flatten(0, 1), c.n_fft, c.control_hop, window=self.window,
@@ -164,7 +190,7 @@ class DDSPAutoencoder(nn.Module):
         pitch = ((analyse_log_f0(audio, c.downsampling_ratio, c.sample_rate, high_hz=c.f0_max_hz) - centre) / half)
         mean = torch.cat([pitch.clamp(-1, 1)[:, None].to(mean.dtype), mean], 1)
         std = torch.cat([torch.full_like(mean[:, :1], 1e-4), F.softplus(scale) + 1e-4], 1)
-        return mean, std
+        return self._normalize(mean), std / self.latent_std[None, :, None]
 
     def encode(self, audio: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
         mean, std = self.posterior(audio)
@@ -182,10 +208,10 @@ class DDSPAutoencoder(nn.Module):
         if latents.dim() != 3 or latents.shape[1] != self.latent_dim:
             raise ValueError(f"DDSPAutoencoder.decode expects latents (B, {self.latent_dim}, T), "
                              f"got {tuple(latents.shape)}")
-        z = latents.float()
+        z = latents.float() * self.latent_std[None, :, None] + self.latent_mean[None, :, None]
         b, _, frames = z.shape
         length = frames * c.downsampling_ratio
-        ctl = self.decoder(latents.to(self.decoder[0].weight.dtype)).float()  # (B, controls, 4T)
+        ctl = self.decoder(z.to(self.decoder[0].weight.dtype)).float()  # (B, controls, 4T)
         up = c.downsampling_ratio // c.control_hop
         k = c.harmonics
         centre, half = (self._log_lo + self._log_hi) / 2, (self._log_hi - self._log_lo) / 2

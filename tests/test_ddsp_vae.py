@@ -85,3 +85,33 @@ def test_model_builds_the_codec_from_the_config_and_round_trips_its_state():
     b.load_state_dict(a.state_dict())
     z = torch.randn(1, 64, 3, generator=torch.Generator().manual_seed(3))
     assert a.pretransform.decode(z).equal(b.pretransform.decode(z))
+
+
+def test_latent_normalization_standardises_and_round_trips():
+    torch.manual_seed(0)
+    ae = DDSPAutoencoder(DDSPConfig(width=32)).eval()
+    g = torch.Generator().manual_seed(4)
+    clips = torch.cat([tone(f, frames=4, amp=a) for f, a in ((110, .1), (440, .8), (1661, .5), (262, .3))])
+    clips = clips + 0.01 * torch.randn(clips.shape, generator=g)
+    raw = ae.encode(clips, sample=False)
+    z_in = torch.randn(2, 64, 3, generator=g)
+    y_raw = ae.decode(z_in)
+    ae.set_latent_normalization(raw)
+    norm = ae.encode(clips, sample=False)
+    flat = norm.transpose(0, 1).reshape(64, -1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(flat.std(1)[1:], torch.ones(63), atol=1e-3, rtol=0)
+    # decode(normalised) == decode_raw(raw): the normalisation is invisible end to end.
+    z_norm = (z_in - ae.latent_mean[None, :, None]) / ae.latent_std[None, :, None]
+    torch.testing.assert_close(ae.decode(z_norm), y_raw, atol=1e-5, rtol=1e-4)
+    # Saved with the weights; a checkpoint without the buffers loads as identity.
+    state = ae.state_dict()
+    assert {"latent_mean", "latent_std"} <= set(state)
+    fresh = DDSPAutoencoder(DDSPConfig(width=32))
+    fresh.load_state_dict(state)
+    assert fresh.latent_std.equal(ae.latent_std)
+    old = {k: v for k, v in state.items() if not k.startswith("latent_")}
+    fresh.load_state_dict(old)
+    assert fresh.latent_std.eq(1).all() and fresh.latent_mean.eq(0).all()
+    with pytest.raises(ValueError, match="raw_means"):
+        ae.set_latent_normalization(raw[:, :10])

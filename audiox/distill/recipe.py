@@ -418,11 +418,12 @@ def run_latents(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
     directory = os.path.join(out, "latents")
     path = os.path.join(directory, "latents.safetensors")
     state = _read_state(directory) or {"stage": "latents", "step": 0, "elapsed_s": 0.0, "done": False}
-    if state["done"]:
-        return state
     mc = model.cfg
     length = mc.dit.latent_frames * mc.downsampling_ratio
     ds = procedural_dataset("train", length, mc.sample_rate, cfg.seed)
+    set_latent_normalization(out, model, ds, length)
+    if state["done"]:
+        return state
     latents = list(load_file(path)["latents"]) if state["step"] else []
     captions = list(state.get("captions", []))[: state["step"]]
     budget_s, start, base = cfg.seconds_for("latents"), time.perf_counter(), state["elapsed_s"]
@@ -457,6 +458,29 @@ def run_latents(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
         bar.close()
     save(True)
     return state
+
+
+@torch.no_grad()
+def set_latent_normalization(out: str, model: AudioXModel, ds, length: int, items: int = 64) -> None:
+    """Codecs that standardise their latents per channel (the DDSP codec) get the mean / std
+    of the first ``items`` train clips' posterior means, computed once and kept in
+    ``DIR/latent_normalization.safetensors`` (later stages and resumed runs load it), so the
+    teacher sees unit-scale channels, the pitch channel included."""
+    ae = model.pretransform.model
+    if not hasattr(ae, "set_latent_normalization"):
+        return
+    path = os.path.join(out, "latent_normalization.safetensors")
+    if os.path.isfile(path):
+        stats = load_file(path)
+        ae.latent_mean.copy_(stats["latent_mean"])
+        ae.latent_std.copy_(stats["latent_std"])
+        return
+    ae.latent_mean.zero_()
+    ae.latent_std.fill_(1.0)
+    raw = torch.cat([model.pretransform.encode(fit_length(ds[i]["audio"], length)[None], sample=False)
+                     for i in range(items)])
+    ae.set_latent_normalization(raw)
+    save_file({"latent_mean": ae.latent_mean.clone(), "latent_std": ae.latent_std.clone()}, path)
 
 
 def load_latents(out: str) -> tuple:

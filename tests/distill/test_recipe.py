@@ -99,6 +99,10 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     assert sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) <= 20 * 2 ** 20
     pipe = AudioXPipeline.from_pretrained(export)
     assert pipe.trained and "procedural" in pipe.source.detail
+    # The codec's latent standardisation was set from data, used for the latents, and shipped.
+    stats = load_file(out / "latent_normalization.safetensors")
+    assert not stats["latent_std"].eq(1).all()
+    torch.testing.assert_close(pipe.model.pretransform.model.latent_std, stats["latent_std"], rtol=0, atol=0)
     ema = load_file(out / "student" / "dmd" / "ema.safetensors")
     for k, v in pipe.model.dit.state_dict().items():
         torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
