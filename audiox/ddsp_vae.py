@@ -12,8 +12,7 @@ steps). This codec makes coherent sinusoids by construction, as DDSP does:
   measured, not learned (its posterior std is ~0). Channels 1..63 are a learned VAE code of a
   log-frequency spectrogram (128 bands per channel, hop 512).
 * **decoder**: a small conv net (latent rate, then 4x up to the 512-sample control rate)
-  emits per control frame a pitch correction (at most +-0.44 semitone), the weights of
-  ``harmonics`` partials (softmax), an amplitude per audio channel, ``noise_bands``
+  emits per control frame the weights of ``harmonics`` partials (softmax), an amplitude per audio channel, ``noise_bands``
   filtered-noise band gains and a noise gain per channel. The harmonic oscillator's phase is
   the running sum of the (interpolated) frequency, so a steady tone stays in phase across
   frames; partials above 0.95 x Nyquist are muted; the noise is a fixed-seed excitation
@@ -127,7 +126,7 @@ class DDSPAutoencoder(nn.Module):
         w = c.width
         self.encoder = nn.Sequential(nn.Conv1d(2 * c.input_bands, w, 1), _Res(w), nn.Conv1d(w, w, up, stride=up),
                                      _Res(w), nn.Conv1d(w, 2 * (c.latent_dim - 1), 3, padding=1))
-        self._controls = 1 + c.harmonics + 2 + c.noise_bands + 2
+        self._controls = c.harmonics + 2 + c.noise_bands + 2
         self.decoder = nn.Sequential(nn.Conv1d(c.latent_dim, w, 3, padding=1), _Res(w),
                                      nn.ConvTranspose1d(w, w, up, stride=up), _Res(w), _Res(w), nn.GELU(),
                                      nn.Conv1d(w, self._controls, 1))
@@ -215,12 +214,14 @@ class DDSPAutoencoder(nn.Module):
         up = c.downsampling_ratio // c.control_hop
         k = c.harmonics
         centre, half = (self._log_lo + self._log_hi) / 2, (self._log_hi - self._log_lo) / 2
-        pitch = z[:, :1].clamp(-1, 1).repeat_interleave(up, -1) + 0.01 * torch.tanh(ctl[:, :1])
-        log_f = centre + pitch * half
-        harm = F.softmax(ctl[:, 1:1 + k], dim=1)
-        amp = F.softplus(ctl[:, 1 + k:3 + k])
-        bands = F.softplus(ctl[:, 3 + k:3 + k + c.noise_bands])
-        noise_gain = F.softplus(ctl[:, 3 + k + c.noise_bands:])
+        # The pitch is the latent's channel 0 as it is: a learned correction on top (tried:
+        # tanh-bounded to +-0.44 semitone) saturated on the untrained codec's large latents
+        # and put every tone 0.44 semitone off.
+        log_f = centre + z[:, :1].clamp(-1, 1).repeat_interleave(up, -1) * half
+        harm = F.softmax(ctl[:, :k], dim=1)
+        amp = F.softplus(ctl[:, k:2 + k])
+        bands = F.softplus(ctl[:, 2 + k:2 + k + c.noise_bands])
+        noise_gain = F.softplus(ctl[:, 2 + k + c.noise_bands:])
 
         def to_audio_rate(t):
             return F.interpolate(t, size=length, mode="linear", align_corners=False)
