@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -307,8 +308,15 @@ def train_stage(name: str, out: str, cfg: RecipeConfig, modules: dict, optimizer
 # ----------------------------------------------------------------------------- 1. VAE
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_filterbank(n_fft: int, bands: int, sample_rate: int) -> torch.Tensor:
+    from ..ddsp_vae import log_band_filterbank
+
+    return log_band_filterbank(n_fft, bands, sample_rate)
+
+
 def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(4096, 1024, 256),
-                               floor_db: float = -80.0, bands: tuple = ()) -> torch.Tensor:
+                               floor_db: float = -80.0, bands: tuple = (), sample_rate: int = 44100) -> torch.Tensor:
     """Mean over FFT sizes of spectral convergence + L1 of log magnitudes, plus, for each
     entry of ``bands``, an L1 of log magnitudes summed in that many log-spaced bands.
     pred, target (B, C, L).
@@ -321,8 +329,6 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(
     multiples of 44100 / 128 Hz louder than the tone (:func:`check_vae`). The band terms give
     a gradient toward a partial that is near but not on the right bins (a per-bin loss only
     penalises energy in the wrong bin)."""
-    from ..ddsp_vae import log_band_filterbank
-
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch: pred {tuple(pred.shape)} vs target {tuple(target.shape)}")
     p, t = pred.flatten(0, 1), target.flatten(0, 1)
@@ -336,7 +342,7 @@ def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor, sizes=(
         mag = (torch.log(mp + floor) - torch.log(mt + floor)).abs().mean()
         total = total + sc + mag
         for nb in bands:
-            fb = log_band_filterbank(n, int(nb), 44100).to(pred.device, pred.dtype)
+            fb = _cached_filterbank(n, int(nb), sample_rate).to(pred.device, pred.dtype)
             total = total + (torch.log(fb @ mp + floor) - torch.log(fb @ mt + floor)).abs().mean()
     return total / len(sizes)
 
@@ -360,7 +366,7 @@ def run_vae(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool, on_
         mean, std = ae.posterior(x)
         z = mean + std * torch.randn(mean.shape, generator=g)
         y = ae.decode(z)[..., :crop]
-        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes, cfg.vae_stft_floor_db, cfg.vae_bands)
+        stft = multi_resolution_stft_loss(y, x, cfg.vae_stft_sizes, cfg.vae_stft_floor_db, cfg.vae_bands, sr)
         l1 = (y - x).abs().mean()
         kl = 0.5 * (mean.square() + std.square() - 2 * torch.log(std) - 1).mean()
         loss = stft + cfg.vae_l1_weight * l1 + cfg.vae_kl_weight * kl

@@ -273,6 +273,22 @@ def test_stft_loss_floor_ignores_what_is_inaudible_in_sparse_spectra():
     assert float(multi_resolution_stft_loss(0.5 * tone, tone, (1024, 256))) > 0.3  # 6 dB too soft
 
 
+def test_stft_loss_band_terms_rank_a_near_miss_above_a_far_one():
+    """Per-bin terms see a tone one semitone off and one seven semitones off as equally wrong
+    (all energy in other bins); the log-band terms rank the near miss better."""
+    t = torch.arange(16384) / SR
+
+    def sine(f):
+        return (0.5 * torch.sin(2 * math.pi * f * t)).expand(1, 2, -1)
+
+    target, near, far = sine(440.0), sine(440.0 * 2 ** (1 / 12)), sine(440.0 * 2 ** (7 / 12))
+
+    def cost(x, bands):
+        return float(multi_resolution_stft_loss(x, target, (4096,), bands=bands))
+
+    assert cost(near, (12, 48)) - cost(near, ()) < cost(far, (12, 48)) - cost(far, ()) - 0.5
+
+
 def test_labels_of_procedural_items():
     assert labels_of({"kind": "tone", "freq_hz": NOTE_FREQUENCIES[7]}) == (0, 7)
     assert labels_of({"kind": "noise", "count": 3}) == (2, -1)
