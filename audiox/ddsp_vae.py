@@ -62,9 +62,9 @@ class DDSPConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DDSPConfig":
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown DDSPConfig keys {unknown}")
+        from .config import check_known_fields
+
+        check_known_fields(cls, d, ValueError)
         return cls(**d)
 
     def to_dict(self) -> dict:

@@ -45,7 +45,7 @@ def listen(pipe, out_dir: str, prompts: Sequence[str] = DEFAULT_PROMPTS, seed: i
     ``listen.json``. Returns the per-prompt records."""
     import soundfile as sf
 
-    from .._io import atomic_path
+    from ..cli import _write_wav_atomic
 
     os.makedirs(out_dir, exist_ok=True)
     records, waves = [], []
@@ -53,8 +53,7 @@ def listen(pipe, out_dir: str, prompts: Sequence[str] = DEFAULT_PROMPTS, seed: i
         wave, sr = pipe(prompt, mode=mode, steps=steps, cfg_scale=cfg_scale, generator=seed + i)
         wave = wave[0]
         path = os.path.join(out_dir, f"{i:02d}.wav")
-        with atomic_path(path, suffix=".wav") as tmp:
-            sf.write(tmp, wave.T.contiguous().numpy(), sr, subtype="PCM_16", format="WAV")
+        _write_wav_atomic(path, wave.T.contiguous().numpy(), sr, sf)
         rec = {"prompt": prompt, "wav": os.path.basename(path), "peak_hz": estimate_frequency(wave, sr)}
         asked = stated_frequency(prompt)
         if asked is not None:
