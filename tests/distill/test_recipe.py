@@ -15,7 +15,7 @@ from audiox.distill.cli import main
 from audiox.distill.evaluate import (METRIC_KEYS, audio_metrics, procedural_dataset, quality_markdown, render,
                                     spectrograms)
 from audiox.distill.procedural import NOTE_FREQUENCIES
-from audiox.distill.recipe import RecipeConfig, multi_resolution_stft_loss, run_recipe
+from audiox.distill.recipe import RecipeConfig, build_model, multi_resolution_stft_loss, run_recipe
 from audiox.distill.toy import torch_threads
 from audiox.pipeline import AudioXPipeline
 
@@ -69,8 +69,8 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     # The resumed run ends where an uninterrupted one does (every draw is a function of the step).
     ref = tmp_path / "ref"
     run_recipe(cfg, str(ref), progress=False)
-    for name in ("vae/vae.safetensors", "latents/latents.safetensors", "teacher/dit.safetensors", "teacher/maf.safetensors",
-                 "student/dmd/ema.safetensors"):
+    for name in ("vae/vae.safetensors", "latents/latents.safetensors", "text/t5.safetensors", "text/head.safetensors",
+                 "teacher/dit.safetensors", "teacher/maf.safetensors", "student/dmd/ema.safetensors"):
         a, b = load_file(out / name), load_file(ref / name)
         assert a.keys() == b.keys()
         for k in a:
@@ -88,7 +88,9 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
         if m["num_tones"]:
             assert 0 <= m["median_semitone_error"] < 100
     assert saved["systems"]["data"]["num_tones"] == 0 or saved["systems"]["data"]["median_semitone_error"] < 0.1
-    assert set(saved["stages"]) == {"vae", "latents", "teacher", "student", "classifier"}
+    assert set(saved["stages"]) == {"vae", "latents", "text", "teacher", "student", "classifier"}
+    assert saved["stages"]["text"]["step"] == cfg.text_steps
+    assert set(saved["stages"]["text"]["check"]) >= {"heldout_median_semitones", "heldout_max_semitones"}
     assert saved["stages"]["teacher"]["step"] == cfg.teacher_steps
     assert set(saved["stages"]["vae"]["check"]) >= {"median_semitone_error", "median_level_db", "num_tones"}
     assert saved["stages"]["vae"]["check"]["median_semitone_error"] < 0.5  # the DDSP codec: pitch by construction
@@ -103,6 +105,14 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     stats = load_file(out / "latent_normalization.safetensors")
     assert not stats["latent_std"].eq(1).all()
     torch.testing.assert_close(pipe.model.pretransform.model.latent_std, stats["latent_std"], rtol=0, atol=0)
+    # The text encoder the teacher and student were trained with is the one shipped (not the seed's).
+    t5 = load_file(out / "text" / "t5.safetensors")
+    shipped = pipe.model.conditioner.conditioners["text_prompt"].model.state_dict()
+    assert not torch.equal(shipped["encoder.block.0.layer.0.SelfAttention.q.weight"],
+                           build_model(cfg).conditioner.conditioners["text_prompt"].model.state_dict()[
+                               "encoder.block.0.layer.0.SelfAttention.q.weight"])
+    for k, v in t5.items():
+        torch.testing.assert_close(shipped[k], v, rtol=0, atol=0)
     ema = load_file(out / "student" / "dmd" / "ema.safetensors")
     for k, v in pipe.model.dit.state_dict().items():
         torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
@@ -133,7 +143,7 @@ def test_cli_recipe_micro_and_errors(tmp_path, capsys):
 
 def test_recipe_config_budget_and_validation():
     cfg = RecipeConfig()
-    shares = [cfg.seconds_for(s) / 60 for s in ("vae", "latents", "teacher", "student", "classifier", "eval")]
+    shares = [cfg.seconds_for(s) / 60 for s in ("vae", "latents", "text", "teacher", "student", "classifier", "eval")]
     assert sum(shares) <= 180
     half = RecipeConfig(budget_minutes=90)
     assert half.seconds_for("teacher") == pytest.approx(cfg.seconds_for("teacher") / 2)
