@@ -80,14 +80,14 @@ def test_training_makes_the_caption_readable():
     with torch_threads(2):
         with torch.no_grad():
             before = text_loss(text, head, fixed).item()
-        for _ in range(120):
-            loss = text_loss(text, head, [random_caption_params(rng) for _ in range(32)])
+        for _ in range(60):
+            loss = text_loss(text, head, [random_caption_params(rng) for _ in range(16)])
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
             after = text_loss(text, head, fixed).item()
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.6 * before, (before, after)
     # The real held-out captions are captions this stage can parse.
     ds = ProceduralAudioDataset(ProceduralAudioConfig(split="heldout", num_items=8))
     for i in range(8):
