@@ -147,7 +147,7 @@ class RecipeConfig:
     eval_items: int = 32
     eval_minutes: float = 14.0
     eval_cfg_scale: float = 1.0
-    """Also the DMD guidance by default. Measured on the 45-minute teacher of the shipped run
+    """Also the DMD guidance by default. Measured on the 45-minute teacher of the first complete run
     (25 Euler steps, 20 tone prompts): guidance pushes the pitch, a channel fixed by the
     caption, away from the mean (u + w(c - u) extrapolates it): held-out median error 1.64
     semitones at w=1, 1.66 at 1.5, 4.30 at 2, 7.28 at 3; train notes 2.73, 7.22, 6.66, 13.1."""

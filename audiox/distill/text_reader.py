@@ -111,9 +111,8 @@ def text_loss(text_conditioner, head: TextReadout, params: list) -> torch.Tensor
     captions = [ProceduralAudioDataset.caption(p) for p in params]
     target, tmask = (torch.stack(x) for x in zip(*(caption_targets(p) for p in params)))
     tokens, mask = encode_with_grad(text_conditioner, captions)
-    err = (head(tokens) - target[:, None]).pow(2) * tmask[:, None]
-    weight = mask.float()[..., None] * torch.ones_like(tmask)[:, None]
-    return (err * mask.float()[..., None]).sum() / (weight * tmask[:, None]).sum().clamp_min(1.0)
+    weight = mask.float()[..., None] * tmask[:, None]  # (B, L, TARGET_DIM): real token x stated entry
+    return ((head(tokens) - target[:, None]).pow(2) * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 @torch.no_grad()
