@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .vae import sample_gaussian
+
 __all__ = ["DDSPConfig", "DDSPAutoencoder", "log_band_filterbank", "analyse_log_f0"]
 
 
@@ -135,7 +137,9 @@ class DDSPAutoencoder(nn.Module):
                              persistent=False)
         self.register_buffer("noise_filterbank", log_band_filterbank(c.n_fft, c.noise_bands, c.sample_rate),
                              persistent=False)
-        self._log_lo, self._log_hi = math.log(c.f0_min_hz), math.log(c.f0_max_hz)
+        # Channel 0 <-> log frequency: log f = centre + pitch * half, pitch in [-1, 1].
+        self._centre = (math.log(c.f0_min_hz) + math.log(c.f0_max_hz)) / 2
+        self._half = (math.log(c.f0_max_hz) - math.log(c.f0_min_hz)) / 2
         # Per-channel standardisation of the latents the DiT sees (identity while the codec
         # trains; set from data by :meth:`set_latent_normalization`, saved with the weights).
         self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
@@ -185,19 +189,15 @@ class DDSPAutoencoder(nn.Module):
                           return_complex=True)[..., :-1].abs()
         feats = torch.log(self.input_filterbank @ spec + 1e-3).reshape(audio.shape[0], -1, spec.shape[-1])
         mean, scale = self.encoder(feats.to(self.encoder[0].weight.dtype)).float().chunk(2, dim=1)
-        centre, half = (self._log_lo + self._log_hi) / 2, (self._log_hi - self._log_lo) / 2
-        pitch = ((analyse_log_f0(audio, c.downsampling_ratio, c.sample_rate, high_hz=c.f0_max_hz) - centre) / half)
+        log_f0 = analyse_log_f0(audio, c.downsampling_ratio, c.sample_rate, high_hz=c.f0_max_hz)
+        pitch = (log_f0 - self._centre) / self._half
         mean = torch.cat([pitch.clamp(-1, 1)[:, None].to(mean.dtype), mean], 1)
         std = torch.cat([torch.full_like(mean[:, :1], 1e-4), F.softplus(scale) + 1e-4], 1)
         return self._normalize(mean), std / self.latent_std[None, :, None]
 
     def encode(self, audio: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> torch.Tensor:
         mean, std = self.posterior(audio)
-        if not sample:
-            return mean
-        gen_device = generator.device if generator is not None else mean.device
-        noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
-        return mean + std * noise
+        return sample_gaussian(mean, std, generator) if sample else mean
 
     # ------------------------------------------------------------------ decode
 
@@ -213,11 +213,10 @@ class DDSPAutoencoder(nn.Module):
         ctl = self.decoder(z.to(self.decoder[0].weight.dtype)).float()  # (B, controls, 4T)
         up = c.downsampling_ratio // c.control_hop
         k = c.harmonics
-        centre, half = (self._log_lo + self._log_hi) / 2, (self._log_hi - self._log_lo) / 2
         # The pitch is the latent's channel 0 as it is: a learned correction on top (tried:
         # tanh-bounded to +-0.44 semitone) saturated on the untrained codec's large latents
         # and put every tone 0.44 semitone off.
-        log_f = centre + z[:, :1].clamp(-1, 1).repeat_interleave(up, -1) * half
+        log_f = self._centre + z[:, :1].clamp(-1, 1).repeat_interleave(up, -1) * self._half
         harm = F.softmax(ctl[:, :k], dim=1)
         amp = F.softplus(ctl[:, k:2 + k])
         bands = F.softplus(ctl[:, 2 + k:2 + k + c.noise_bands])

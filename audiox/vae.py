@@ -236,6 +236,14 @@ class OobleckDecoder(nn.Module):
         return self.layers(x)
 
 
+def sample_gaussian(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """mean + std * noise, the noise drawn on the generator's device so that a CPU generator
+    gives the same latents whatever device the model runs on."""
+    gen_device = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
+    return mean + std * noise
+
+
 class VAEBottleneck(nn.Module):
     """Splits the encoder output in mean and scale and samples z = mean + std * noise.
 
@@ -246,15 +254,15 @@ class VAEBottleneck(nn.Module):
         """x: (B, 2 * D, T) -> (B, D, T). `sample=False` returns the mean (the posterior mode)."""
         if x.dim() != 3 or x.shape[1] % 2:
             raise ValueError(f"VAEBottleneck.encode expects (B, 2*D, T), got {tuple(x.shape)}")
-        mean, scale = x.chunk(2, dim=1)
         if not sample:
-            return mean
-        std = F.softplus(scale) + 1e-4
-        gen_device = generator.device if generator is not None else mean.device
-        # Noise is drawn on the generator's device so that a CPU generator gives the same
-        # latents whatever device the model runs on.
-        noise = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
-        return mean + std * noise
+            return x.chunk(2, dim=1)[0]
+        return sample_gaussian(*self.posterior(x), generator)
+
+    @staticmethod
+    def posterior(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 2 * D, T) -> (mean, std), std = softplus(scale) + 1e-4."""
+        mean, scale = x.chunk(2, dim=1)
+        return mean, F.softplus(scale) + 1e-4
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z
@@ -290,8 +298,7 @@ class AudioAutoencoder(nn.Module):
 
     def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, in_channels, L) -> (mean, std) of the latent posterior (for training)."""
-        mean, scale = self._encoder_output(audio).chunk(2, dim=1)
-        return mean, F.softplus(scale) + 1e-4
+        return self.bottleneck.posterior(self._encoder_output(audio))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: (B, latent_dim, T) -> audio (B, out_channels, T * downsampling_ratio)."""

@@ -320,6 +320,17 @@ def train_stage(name: str, out: str, cfg: RecipeConfig, modules: dict, optimizer
     return state
 
 
+def _update(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> dict:
+    """One optimizer step at learning rate ``lr`` with gradients clipped to norm 1."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return {"loss": loss.item(), "grad_norm": float(gn)}
+
+
 # ----------------------------------------------------------------------------- 1. VAE
 
 
@@ -531,13 +542,8 @@ def run_text(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
     def step(k: int) -> dict:
         rng = np.random.default_rng([cfg.seed, STAGES.index("text"), k])
         loss = text_loss(text, head, [random_caption_params(rng) for _ in range(cfg.text_batch)])
-        for group in opt.param_groups:  # linear decay to a tenth, a function of the step
-            group["lr"] = cfg.text_lr * (1.0 - 0.9 * k / max(1, cfg.text_steps))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return {"loss": loss.item(), "grad_norm": float(gn)}
+        # linear decay to a tenth, a function of the step
+        return _update(opt, params, loss, cfg.text_lr * (1.0 - 0.9 * k / max(1, cfg.text_steps)))
 
     state = train_stage("text", out, cfg, {"t5": text.model, "head": head}, opt, step, cfg.text_steps, progress,
                         on_step)
@@ -576,13 +582,8 @@ def run_teacher(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
         eps = torch.randn(x0.shape, generator=g)
         z = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         loss = F.mse_loss(dit(z, t, cond), eps - x0)
-        for group in opt.param_groups:  # linear warm-up, a function of the step so resume repeats it
-            group["lr"] = cfg.teacher_lr * min(1.0, (k + 1) / max(1, cfg.teacher_warmup))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return {"loss": loss.item(), "grad_norm": float(gn)}
+        # linear warm-up, a function of the step so resume repeats it
+        return _update(opt, params, loss, cfg.teacher_lr * min(1.0, (k + 1) / max(1, cfg.teacher_warmup)))
 
     state = train_stage("teacher", out, cfg, {"dit": dit, "maf": maf}, opt, step, cfg.teacher_steps, progress,
                         on_step)
@@ -824,7 +825,8 @@ def run_recipe(cfg: RecipeConfig, out: str, resume: bool = False, progress: bool
         latent_state = stage_states["latents"]
         summary = (f"AudioX '{model.cfg.name}' trained from scratch by `audiox distill --recipe` on the procedural "
                    f"captioned audio set (sine/square/saw tones, kick drums, noise bursts, chirps at 44.1 kHz): "
-                   f"VAE {stage_states['vae']['step']} steps, text encoder {stage_states['text']['step']} steps, teacher {stage_states['teacher']['step']} steps on "
+                   f"VAE {stage_states['vae']['step']} steps, text encoder {stage_states['text']['step']} steps, "
+                   f"teacher {stage_states['teacher']['step']} steps on "
                    f"{latent_state['step']} clips, {trainer.generator_steps} DMD generator updates "
                    f"({cfg.dmd_config().student_timesteps} student steps). It only knows that set's captions.")
         t0 = time.perf_counter()
