@@ -16,13 +16,17 @@ Stages, each in ``DIR/<stage>/`` with safetensors weights and a JSON state, each
 4. ``teacher``: DiT + MAF as a rectified-flow model on those latents with caption
    conditioning and CFG dropout (null condition = zeros in place of the MAF output, as the
    release's CFG). The conditioners run under ``no_grad`` as released; the (absent) video /
-   audio-prompt conditioners stay frozen: with no such prompt they emit constants the MAF absorbs;
-5. ``student``: 4-step DMD from that teacher with :class:`~audiox.distill.dmd.DMDTrainer`;
-6. ``classifier`` + ``eval``: the classifier of :mod:`.classifier` on procedural labels,
-   then FD / accuracy / frequency error on the held-out split for the data, the VAE
+   audio-prompt conditioners stay frozen: with no such prompt they emit constants the MAF absorbs.
+   The later stages use an EMA of its weights (``teacher_ema_decay``);
+5. ``classifier``: the classifier of :mod:`.classifier` on procedural labels (its embedding is
+   the FD's feature space);
+6. ``student``: 4-step DMD from that teacher with :class:`~audiox.distill.dmd.DMDTrainer`; the
+   EMA is scored on training-split prompts along the way and the best one is kept
+   (:func:`score_student`, ``student_select_every``);
+7. ``eval``: FD / accuracy / frequency error on the held-out split for the data, the VAE
    reconstruction, the teacher at 4, 8, 25, 50 steps with CFG and the student at 1, 2, 4
    steps -> ``DIR/metrics.json`` and ``DIR/metrics.png``;
-7. ``export``: ``AudioXPipeline.save_pretrained(DIR/export)`` (checked <= 20 MB).
+8. ``export``: ``AudioXPipeline.save_pretrained(DIR/export)`` (checked <= 20 MB).
 
 Budget: the default run is planned for 180 minutes on 2 CPU cores; each stage stops at
 its step count or its share of the time budget, whichever comes first (``--budget-minutes``
@@ -38,9 +42,9 @@ vae          20       4000 steps, batch 8 x 0.74 s crops (DDSP codec: 529 fit in
 latents      15       2000 clips of 10.96 s (11.5 min with the Oobleck; the codec is cheaper)
 text         6        4000 steps, batch 64 captions (0.076 s / step measured: 5.1 min)
 teacher      79       15000 steps, batch 8 (0.56 s / step measured: stops by time near 8500)
-student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
 classifier   6        800 clips rendered once, 1500 steps of batch 32
-eval         14       32 held-out prompts x 9 systems (planned, not capped)
+student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
+eval         14       160 held-out prompts x 9 systems (planned, not capped)
 export       ~0       save + size check
 ===========  =======  =======================================================
 
@@ -50,6 +54,7 @@ thread is several times faster than 2 (oversubscribed spinning), so lower it the
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -72,12 +77,12 @@ from ..config import AudioXConfig, get_preset
 from ..model import AudioXModel
 from ..sampling import draw_noise, sample_teacher, sample_turbo
 from .classifier import ProceduralAudioClassifier, classifier_loss, classify, labels_of
-from .dmd import DMDConfig, DMDTrainer
+from .dmd import DMDConfig, DMDTrainer, ema_update
 from .text_reader import TextReadout, check_text, random_caption_params, text_loss
 from .evaluate import audio_metrics, fit_length, plot_metrics, procedural_dataset, render, spectrograms, write_metrics
 from .toy import torch_threads
 
-STAGES = ("vae", "latents", "text", "teacher", "student", "classifier", "eval", "export")
+STAGES = ("vae", "latents", "text", "teacher", "classifier", "student", "eval", "export")
 PLANNED_MINUTES = 180.0
 EXPORT_LIMIT_BYTES = 20 * 1024 * 1024
 StepHook = Callable[[str, int], None]
@@ -130,12 +135,21 @@ class RecipeConfig:
     teacher_batch: int = 8
     teacher_lr: float = 3e-4
     teacher_warmup: int = 100
+    teacher_ema_decay: float = 0.999
+    """The teacher the later stages use is an EMA of the trained weights (the learning rate
+    stays constant, so the raw weights keep the last updates' noise)."""
     cfg_dropout: float = 0.1
     # 5. student
     student_updates: int = 7000
     student_minutes: float = 40.0
     student_batch: int = 4
-    dmd: dict = field(default_factory=lambda: {"guidance_scale": 1.0, "generator_lr": 5e-5, "critic_lr": 1e-4,
+    student_select_every: int = 150
+    """Every this many DMD updates (and at the start) the student's EMA is scored on prompts of
+    the training split (:func:`score_student`) and the best-scoring weights are the ones the
+    evaluation and the export use (0: the final EMA). In the first complete run the EMA passed
+    its best pitch near 100 generator updates and then drifted away (BENCHMARKS.md)."""
+    student_select_items: int = 32
+    dmd: dict = field(default_factory=lambda: {"guidance_scale": 1.0, "generator_lr": 1e-5, "critic_lr": 1e-4,
                                                "critic_updates_per_generator_update": 4, "ema_decay": 0.99,
                                                "weight_decay": 0.0, "grad_clip_norm": 1.0})
     # 6. classifier and evaluation
@@ -144,7 +158,9 @@ class RecipeConfig:
     classifier_minutes: float = 6.0
     classifier_batch: int = 32
     classifier_lr: float = 2e-3
-    eval_items: int = 32
+    eval_items: int = 160
+    """Prompts and as many reference clips: the FD's 64-dim embedding needs well over 64 of each
+    (at 32 the data's own FD was 2260, larger than most gaps between systems)."""
     eval_minutes: float = 14.0
     eval_cfg_scale: float = 1.0
     """Also the DMD guidance by default. Measured on the 45-minute teacher of the first complete run
@@ -165,6 +181,12 @@ class RecipeConfig:
             raise ValueError(f"budget_minutes must be > 0, got {self.budget_minutes}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
+        if not 0.0 <= self.teacher_ema_decay < 1.0:
+            raise ValueError(f"teacher_ema_decay must be in [0, 1), got {self.teacher_ema_decay}")
+        if self.student_select_every < 0:
+            raise ValueError(f"student_select_every must be >= 0 (0: no selection), got {self.student_select_every}")
+        if self.student_select_items < 2:
+            raise ValueError(f"student_select_items must be >= 2 (for a covariance), got {self.student_select_items}")
         if self.eval_items < 2:
             raise ValueError(f"eval_items must be >= 2 (for a covariance), got {self.eval_items}")
         self.dmd_config()  # validates the DMD overrides early
@@ -209,7 +231,7 @@ class RecipeConfig:
                  teacher_warmup=1, student_updates=4, student_batch=2,
                  dmd={"guidance_scale": 3.0, "critic_updates_per_generator_update": 1, "ema_decay": 0.5,
                       "generator_lr": 1e-4, "critic_lr": 1e-4},
-                 classifier_items=8, classifier_steps=3, classifier_batch=4, eval_items=4,
+                 classifier_items=8, classifier_steps=3, classifier_batch=4, eval_items=4, student_select_items=4,
                  eval_teacher_steps=(1, 2), eval_student_steps=(1, 2))
         d.update(overrides)
         return cls(**d)
@@ -218,10 +240,15 @@ class RecipeConfig:
 # ----------------------------------------------------------------------------- checkpoint plumbing
 
 
+# Random-stream ids, fixed when the stage order changed (the classifier moved before the
+# student), so that every stage draws what it drew before; new streams go at the end.
+_RNG_STREAMS = ("vae", "latents", "text", "teacher", "student", "classifier", "eval", "export", "select")
+
+
 def _rng(seed: int, stage: str, step: int) -> torch.Generator:
     """A generator for (seed, stage, step): resumed runs draw what uninterrupted ones drew."""
     g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + STAGES.index(stage) * 7_919_993 + step * 104_729 + 1) % (2 ** 63 - 1))
+    g.manual_seed((seed * 1_000_003 + _RNG_STREAMS.index(stage) * 7_919_993 + step * 104_729 + 1) % (2 ** 63 - 1))
     return g
 
 
@@ -540,7 +567,7 @@ def run_text(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
     text.model.train().requires_grad_(True)
 
     def step(k: int) -> dict:
-        rng = np.random.default_rng([cfg.seed, STAGES.index("text"), k])
+        rng = np.random.default_rng([cfg.seed, _RNG_STREAMS.index("text"), k])
         loss = text_loss(text, head, [random_caption_params(rng) for _ in range(cfg.text_batch)])
         # linear decay to a tenth, a function of the step
         return _update(opt, params, loss, cfg.text_lr * (1.0 - 0.9 * k / max(1, cfg.text_steps)))
@@ -585,8 +612,19 @@ def run_teacher(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
         # linear warm-up, a function of the step so resume repeats it
         return _update(opt, params, loss, cfg.teacher_lr * min(1.0, (k + 1) / max(1, cfg.teacher_warmup)))
 
-    state = train_stage("teacher", out, cfg, {"dit": dit, "maf": maf}, opt, step, cfg.teacher_steps, progress,
-                        on_step)
+    dit_ema = copy.deepcopy(dit).requires_grad_(False)
+    maf_ema = copy.deepcopy(maf).requires_grad_(False)
+
+    def step_with_ema(k: int) -> dict:
+        logs = step(k)
+        ema_update(dit_ema, dit, cfg.teacher_ema_decay)
+        ema_update(maf_ema, maf, cfg.teacher_ema_decay)
+        return logs
+
+    state = train_stage("teacher", out, cfg, {"dit": dit, "maf": maf, "dit_ema": dit_ema, "maf_ema": maf_ema}, opt,
+                        step_with_ema, cfg.teacher_steps, progress, on_step)
+    dit.load_state_dict(dit_ema.state_dict())
+    maf.load_state_dict(maf_ema.state_dict())
     dit.eval().requires_grad_(False)
     maf.eval().requires_grad_(False)
     return state
@@ -599,19 +637,65 @@ class _BudgetSpent(Exception):
     """Raised from the DMD trainer's log hook when the student's time share is spent."""
 
 
-def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
-                on_step: Optional[StepHook]) -> tuple:
+def _decode(model: AudioXModel, latents: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Latents (N, C, T) -> audio (N, channels, samples) through the model's VAE, in batches."""
+    return torch.cat([model.pretransform.decode(latents[i:i + batch]) for i in range(0, latents.shape[0], batch)])
+
+
+@torch.no_grad()
+def selection_prompts(cfg: RecipeConfig, model: AudioXModel) -> dict:
+    """The prompts :func:`score_student` uses: ``student_select_items`` items of the *training*
+    split (a seed of their own, so neither the training clips nor the held-out evaluation),
+    with fixed noise. Returns cond, noise, params and the clips' classifier inputs."""
+    mc = model.cfg
+    length = mc.dit.latent_frames * mc.downsampling_ratio
+    ds = procedural_dataset("train", length, mc.sample_rate, cfg.seed + 3_333)
+    audio, captions, params = render(ds, range(cfg.student_select_items), length)
+    return {"cond": caption_condition(model, captions, _rng(cfg.seed, "select", 0)),
+            "noise": draw_noise((len(params), mc.dit.io_channels, mc.dit.latent_frames), _rng(cfg.seed, "select", 1),
+                                "cpu"),
+            "params": params, "spec": spectrograms(audio, mc.sample_rate)}
+
+
+@torch.no_grad()
+def score_student(cfg: RecipeConfig, model: AudioXModel, dit: nn.Module, classifier: ProceduralAudioClassifier,
+                  prompts: dict) -> dict:
+    """Metrics of ``dit`` as a 4-step student on :func:`selection_prompts`, and its selection
+    ``score`` (lower is better): the median tone error in semitones plus 12 semitones per unit
+    of kind error (hearing a drum for a tone counts as an octave off)."""
+    mc = model.cfg
+    length = mc.dit.latent_frames * mc.downsampling_ratio
+    steps = len(cfg.dmd_config().student_timesteps)
+    latents = sample_turbo(dit, prompts["noise"], steps=steps, cross_attn_cond=prompts["cond"],
+                           generator=_rng(cfg.seed, "select", 2))
+    reference = classify(classifier, prompts["spec"])["embedding"]
+    m = audio_metrics(classifier, fit_length(_decode(model, latents), length), prompts["params"], mc.sample_rate,
+                      reference)
+    m["score"] = (m["median_semitone_error"] or 0.0) + 12.0 * (1.0 - m["kind_accuracy"])
+    return m
+
+
+def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, classifier: ProceduralAudioClassifier,
+                progress: bool, on_step: Optional[StepHook]) -> tuple:
     """DMD from the teacher DiT (MAF frozen: its condition is what the student sees). Returns
-    (state, trainer)."""
+    (state, trainer, student): ``student`` is the EMA the selection picked (or the final EMA)."""
     directory = os.path.join(out, "student")
     ckpt = os.path.join(directory, "dmd")
+    selected_path = os.path.join(directory, "selected_ema.safetensors")
     latents, captions = load_latents(out)
     trainer = DMDTrainer(model.dit, cfg.dmd_config())
-    state = _read_state(directory) or {"stage": "student", "elapsed_s": 0.0, "done": False}
+    state = _read_state(directory) or {"stage": "student", "elapsed_s": 0.0, "done": False, "selection": []}
     if DMDTrainer.has_checkpoint(ckpt):
         trainer.load(ckpt)
+    selected = copy.deepcopy(trainer.ema)
+    if os.path.isfile(selected_path):
+        load_model(selected, selected_path)
+
+    def result() -> tuple:
+        return state, trainer, (selected if cfg.student_select_every else trainer.ema)
+
     if state["done"]:
-        return state, trainer
+        return result()
 
     def batch_fn(k: int) -> tuple:
         g = _rng(cfg.seed, "student", k)
@@ -628,6 +712,24 @@ def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
             json.dump(state, f, indent=2)
         os.replace(os.path.join(directory, "state.json.tmp"), os.path.join(directory, "state.json"))
 
+    prompts = selection_prompts(cfg, model) if cfg.student_select_every else None
+
+    def select() -> None:
+        """Score the EMA once per step count (also after a resume that stopped before scoring)."""
+        if prompts is None or (state["selection"] and state["selection"][-1]["step"] == trainer.step):
+            return
+        m = score_student(cfg, model, trainer.ema, classifier, prompts)
+        entry = {"step": trainer.step, "generator_steps": trainer.generator_steps,
+                 **{k: m[k] for k in ("score", "median_semitone_error", "kind_accuracy", "fd")}}
+        best = state.get("selected")
+        if best is None or entry["score"] < best["score"]:
+            selected.load_state_dict(trainer.ema.state_dict())
+            os.makedirs(directory, exist_ok=True)
+            save_model(selected, selected_path + ".tmp")
+            os.replace(selected_path + ".tmp", selected_path)
+            state["selected"] = entry
+        state["selection"].append(entry)
+
     budget_s, start, base = cfg.seconds_for("student"), time.perf_counter(), state["elapsed_s"]
 
     def log_fn(step: int, logs: dict) -> None:
@@ -637,18 +739,27 @@ def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
         if base + time.perf_counter() - start >= budget_s:
             raise _BudgetSpent  # stop inside a chunk; the checkpoint is written below
 
+    def next_stop() -> int:
+        stops = [cfg.student_updates, (trainer.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every]
+        if cfg.student_select_every:
+            stops.append((trainer.step // cfg.student_select_every + 1) * cfg.student_select_every)
+        return min(stops)
+
     try:
+        select()
         while trainer.step < cfg.student_updates and base + time.perf_counter() - start < budget_s:
-            target = min(cfg.student_updates, trainer.step + cfg.checkpoint_every)
-            trainer.train(batch_fn, target, progress=progress, checkpoint_dir=ckpt, log_fn=log_fn)
+            trainer.train(batch_fn, next_stop(), progress=progress, checkpoint_dir=ckpt, log_fn=log_fn)
+            if trainer.step % max(1, cfg.student_select_every) == 0 or trainer.step >= cfg.student_updates:
+                select()
             save_progress(False, base + time.perf_counter() - start)
     except _BudgetSpent:
         trainer.save(ckpt)
     state["stopped_by"] = "steps" if trainer.step >= cfg.student_updates else "time"
     if not DMDTrainer.has_checkpoint(ckpt):
         trainer.save(ckpt)
+    select()  # the final EMA is a candidate too
     save_progress(True, base + time.perf_counter() - start)
-    return state, trainer
+    return result()
 
 
 # ----------------------------------------------------------------------------- 6. classifier and evaluation
@@ -720,7 +831,7 @@ def run_eval(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Mo
     noise = draw_noise((n, mc.dit.io_channels, mc.dit.latent_frames), _rng(cfg.seed, "eval", 1), "cpu")
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.pretransform.decode(latents[i:i + 4]) for i in range(0, n, 4)])
+        return _decode(model, latents)
 
     systems = {"data": lambda: prompts_audio,
                "vae_recon": lambda: decode(torch.cat([model.pretransform.encode(prompts_audio[i:i + 4], sample=False)
@@ -814,28 +925,30 @@ def run_recipe(cfg: RecipeConfig, out: str, resume: bool = False, progress: bool
             stage_states[name] = fn(cfg, out, model, progress, on_step)
             timings[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        stage_states["student"], trainer = run_student(cfg, out, model, progress, on_step)
-        timings["student"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         stage_states["classifier"], classifier = run_classifier(cfg, out, model, progress, on_step)
         timings["classifier"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ev = run_eval(cfg, out, model, trainer.ema, classifier, progress, on_step)
+        stage_states["student"], trainer, student = run_student(cfg, out, model, classifier, progress, on_step)
+        timings["student"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = run_eval(cfg, out, model, student, classifier, progress, on_step)
         timings["eval"] = time.perf_counter() - t0
         latent_state = stage_states["latents"]
+        sel = stage_states["student"].get("selected") if cfg.student_select_every else None
+        picked = f" (the EMA after {sel['generator_steps']} picked on training-split prompts)" if sel else ""
         summary = (f"AudioX '{model.cfg.name}' trained from scratch by `audiox distill --recipe` on the procedural "
                    f"captioned audio set (sine/square/saw tones, kick drums, noise bursts, chirps at 44.1 kHz): "
                    f"VAE {stage_states['vae']['step']} steps, text encoder {stage_states['text']['step']} steps, "
                    f"teacher {stage_states['teacher']['step']} steps on "
-                   f"{latent_state['step']} clips, {trainer.generator_steps} DMD generator updates "
+                   f"{latent_state['step']} clips, {trainer.generator_steps} DMD generator updates{picked} "
                    f"({cfg.dmd_config().student_timesteps} student steps). It only knows that set's captions.")
         t0 = time.perf_counter()
-        export_path, export_bytes = export_pipeline(cfg, out, model, trainer.ema, summary)
+        export_path, export_bytes = export_pipeline(cfg, out, model, student, summary)
         timings["export"] = time.perf_counter() - t0
     extra = {
         "held_out_prompts": ev.get("prompts", []),
         "stages": {k: {kk: v.get(kk) for kk in ("step", "total_steps", "elapsed_s", "stopped_by", "last_logs",
-                                                 "generator_steps", "std", "check")}
+                                                 "generator_steps", "std", "check", "selected")}
                    for k, v in stage_states.items()},
         "this_run_seconds": timings,
         "eval_cfg_scale": cfg.eval_cfg_scale,

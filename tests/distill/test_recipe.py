@@ -70,7 +70,8 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     ref = tmp_path / "ref"
     run_recipe(cfg, str(ref), progress=False)
     for name in ("vae/vae.safetensors", "latents/latents.safetensors", "text/t5.safetensors", "text/head.safetensors",
-                 "teacher/dit.safetensors", "teacher/maf.safetensors", "student/dmd/ema.safetensors"):
+                 "teacher/dit.safetensors", "teacher/maf.safetensors", "teacher/dit_ema.safetensors",
+                 "student/dmd/ema.safetensors", "student/selected_ema.safetensors"):
         a, b = load_file(out / name), load_file(ref / name)
         assert a.keys() == b.keys()
         for k in a:
@@ -113,7 +114,7 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
                                "encoder.block.0.layer.0.SelfAttention.q.weight"])
     for k, v in t5.items():
         torch.testing.assert_close(shipped[k], v, rtol=0, atol=0)
-    ema = load_file(out / "student" / "dmd" / "ema.safetensors")
+    ema = load_file(out / "student" / "selected_ema.safetensors")
     for k, v in pipe.model.dit.state_dict().items():
         torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
     with torch_threads(1):
@@ -143,7 +144,7 @@ def test_cli_recipe_micro_and_errors(tmp_path, capsys):
 
 def test_recipe_config_budget_and_validation():
     cfg = RecipeConfig()
-    shares = [cfg.seconds_for(s) / 60 for s in ("vae", "latents", "text", "teacher", "student", "classifier", "eval")]
+    shares = [cfg.seconds_for(s) / 60 for s in ("vae", "latents", "text", "teacher", "classifier", "student", "eval")]
     assert sum(shares) <= 180
     half = RecipeConfig(budget_minutes=90)
     assert half.seconds_for("teacher") == pytest.approx(cfg.seconds_for("teacher") / 2)
@@ -152,6 +153,9 @@ def test_recipe_config_budget_and_validation():
         RecipeConfig(budget_minutes=0)
     with pytest.raises(ValueError, match="train_on"):
         RecipeConfig(dmd={"train_on": "sometimes"})
+    for bad in ({"teacher_ema_decay": 1.0}, {"student_select_every": -1}, {"student_select_items": 1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RecipeConfig(**bad)
     with pytest.raises(ValueError, match="unknown RecipeConfig keys"):
         RecipeConfig.from_dict({"teacher_stepz": 3})
 
@@ -307,7 +311,7 @@ def test_labels_of_procedural_items():
 
 def test_stage_time_budget_stops_the_student_mid_chunk(tmp_path):
     # With budget scale b, a stage gets (its minutes) * b / 180: ~1 ms for the student here.
-    cfg = RecipeConfig.micro(student_minutes=1e-5, student_updates=6)
+    cfg = RecipeConfig.micro(student_minutes=1e-5, student_updates=6, student_select_every=0)  # no probe time
     out = tmp_path / "run"
     metrics = run_recipe(cfg, str(out), progress=False)
     student = json.loads((out / "student" / "state.json").read_text())
@@ -315,6 +319,39 @@ def test_stage_time_budget_stops_the_student_mid_chunk(tmp_path):
     assert json.loads((out / "student" / "dmd" / "state.json").read_text())["step"] == student["step"]
     assert metrics["stages"]["student"]["stopped_by"] == "time"
     assert set(metrics["systems"]) >= {"student_1", "student_2"}
+
+
+def test_student_selection_keeps_the_best_scored_ema_and_the_teacher_is_an_ema(tmp_path, monkeypatch):
+    import audiox.distill.recipe as recipe
+
+    seen, scores = [], iter([5.0, 3.0, 4.0])  # steps 0, 2, 4: the EMA at step 2 must be kept
+
+    def fake_score(cfg, model, dit, classifier, prompts):
+        assert len(prompts["params"]) == cfg.student_select_items
+        seen.append({k: v.clone() for k, v in dit.state_dict().items()})
+        return {"score": next(scores), "median_semitone_error": 0.0, "kind_accuracy": 1.0, "fd": 0.0}
+
+    monkeypatch.setattr(recipe, "score_student", fake_score)
+    cfg = RecipeConfig.micro(student_select_every=2)
+    out = tmp_path / "run"
+    metrics = run_recipe(cfg, str(out), progress=False)
+    state = json.loads((out / "student" / "state.json").read_text())
+    assert [e["step"] for e in state["selection"]] == [0, 2, 4] and len(seen) == 3
+    assert state["selected"]["step"] == 2 and metrics["stages"]["student"]["selected"]["step"] == 2
+    picked = load_file(out / "student" / "selected_ema.safetensors")
+    final = load_file(out / "student" / "dmd" / "ema.safetensors")
+    assert any(not torch.equal(picked[k], final[k]) for k in picked), "the final EMA was kept, not the best"
+    for k, v in seen[1].items():
+        torch.testing.assert_close(picked[k], v, rtol=0, atol=0)
+    # The student starts from the teacher's EMA, which is what the teacher stage hands on (not its raw weights).
+    teacher_ema, teacher_raw = load_file(out / "teacher" / "dit_ema.safetensors"), load_file(out / "teacher" / "dit.safetensors")
+    assert any(not torch.equal(teacher_ema[k], teacher_raw[k]) for k in teacher_ema)
+    for k, v in seen[0].items():
+        torch.testing.assert_close(v, teacher_ema[k], rtol=0, atol=0)
+    # The export holds the picked weights.
+    shipped = AudioXPipeline.from_pretrained(out / "export").model.dit.state_dict()
+    for k, v in picked.items():
+        torch.testing.assert_close(shipped[k], v, rtol=0, atol=0)
 
 
 def test_quality_markdown_table_and_bars():
