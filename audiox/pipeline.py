@@ -61,7 +61,15 @@ def _load_text_encoder(t5_dir: str, output_dim: int):
 
     with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), encoding="utf-8") as f:
         max_length = int(json.load(f)["max_length"])
-    t5 = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a 19-tensor file: no "Loading weights" bar on stderr
+    try:
+        t5 = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return T5Conditioner(t5, ByteTokenizer(), max_length=max_length, output_dim=output_dim)
 
 
