@@ -1,4 +1,4 @@
-"""The pipeline and the `audiox` command on the tiny preset (untrained weights)."""
+"""The pipeline and the `audiox` command on the tiny preset (the embedded trained model)."""
 
 import os
 

@@ -41,7 +41,7 @@ stage        minutes  default work (cost per unit)
 vae          20       4000 steps, batch 8 x 0.74 s crops (DDSP codec: 529 fit in 20 min)
 latents      15       2000 clips of 10.96 s (11.5 min with the Oobleck; the codec is cheaper)
 text         6        4000 steps, batch 64 captions (0.076 s / step measured: 5.1 min)
-teacher      79       15000 steps, batch 8 (0.56 s / step measured: stops by time near 8500)
+teacher      79       15000 steps, batch 8 (0.36-0.56 s / step measured: stopped by time at 10441 in run 4)
 classifier   6        800 clips rendered once, 1500 steps of batch 32
 student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
 eval         14       160 held-out prompts x 9 systems (planned, not capped)
