@@ -261,6 +261,11 @@ def _seeded_global_rng(seed: int, stage: str, step: int):
         yield
 
 
+def _clip_samples(model: AudioXModel) -> int:
+    """Audio samples of one clip of the model's full latent length."""
+    return model.cfg.dit.latent_frames * model.cfg.downsampling_ratio
+
+
 def build_model(cfg: RecipeConfig) -> AudioXModel:
     """The model at its seeded initialisation (the frozen T5 stand-in included), without
     touching the caller's global RNG."""
@@ -478,7 +483,7 @@ def run_latents(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
     path = os.path.join(directory, "latents.safetensors")
     state = _read_state(directory) or {"stage": "latents", "step": 0, "elapsed_s": 0.0, "done": False}
     mc = model.cfg
-    length = mc.dit.latent_frames * mc.downsampling_ratio
+    length = _clip_samples(model)
     ds = procedural_dataset("train", length, mc.sample_rate, cfg.seed)
     set_latent_normalization(out, model, ds, length)
     if state["done"]:
@@ -643,18 +648,19 @@ def _decode(model: AudioXModel, latents: torch.Tensor, batch: int = 4) -> torch.
 
 
 @torch.no_grad()
-def selection_prompts(cfg: RecipeConfig, model: AudioXModel) -> dict:
+def selection_prompts(cfg: RecipeConfig, model: AudioXModel, classifier: ProceduralAudioClassifier) -> dict:
     """The prompts :func:`score_student` uses: ``student_select_items`` items of the *training*
     split (a seed of their own, so neither the training clips nor the held-out evaluation),
-    with fixed noise. Returns cond, noise, params and the clips' classifier inputs."""
+    with fixed noise. Returns cond, noise, params and the clips' classifier embeddings (the
+    FD's reference)."""
     mc = model.cfg
-    length = mc.dit.latent_frames * mc.downsampling_ratio
+    length = _clip_samples(model)
     ds = procedural_dataset("train", length, mc.sample_rate, cfg.seed + 3_333)
     audio, captions, params = render(ds, range(cfg.student_select_items), length)
     return {"cond": caption_condition(model, captions, _rng(cfg.seed, "select", 0)),
             "noise": draw_noise((len(params), mc.dit.io_channels, mc.dit.latent_frames), _rng(cfg.seed, "select", 1),
                                 "cpu"),
-            "params": params, "spec": spectrograms(audio, mc.sample_rate)}
+            "params": params, "reference": classify(classifier, spectrograms(audio, mc.sample_rate))["embedding"]}
 
 
 @torch.no_grad()
@@ -664,13 +670,12 @@ def score_student(cfg: RecipeConfig, model: AudioXModel, dit: nn.Module, classif
     ``score`` (lower is better): the median tone error in semitones plus 12 semitones per unit
     of kind error (hearing a drum for a tone counts as an octave off)."""
     mc = model.cfg
-    length = mc.dit.latent_frames * mc.downsampling_ratio
+    length = _clip_samples(model)
     steps = len(cfg.dmd_config().student_timesteps)
     latents = sample_turbo(dit, prompts["noise"], steps=steps, cross_attn_cond=prompts["cond"],
                            generator=_rng(cfg.seed, "select", 2))
-    reference = classify(classifier, prompts["spec"])["embedding"]
     m = audio_metrics(classifier, fit_length(_decode(model, latents), length), prompts["params"], mc.sample_rate,
-                      reference)
+                      prompts["reference"])
     m["score"] = (m["median_semitone_error"] or 0.0) + 12.0 * (1.0 - m["kind_accuracy"])
     return m
 
@@ -712,7 +717,7 @@ def run_student(cfg: RecipeConfig, out: str, model: AudioXModel, classifier: Pro
             json.dump(state, f, indent=2)
         os.replace(os.path.join(directory, "state.json.tmp"), os.path.join(directory, "state.json"))
 
-    prompts = selection_prompts(cfg, model) if cfg.student_select_every else None
+    prompts = selection_prompts(cfg, model, classifier) if cfg.student_select_every else None
 
     def select() -> None:
         """Score the EMA once per step count (also after a resume that stopped before scoring)."""
@@ -770,7 +775,7 @@ def run_classifier(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bo
     """Classifier on clips of the model's length from both splits (a seed disjoint from the
     training and evaluation items) so that every note is a class it has heard."""
     mc = model.cfg
-    length = mc.dit.latent_frames * mc.downsampling_ratio
+    length = _clip_samples(model)
     directory = os.path.join(out, "classifier")
     feats_path = os.path.join(out, "classifier_data.safetensors")
     if os.path.isfile(feats_path):
@@ -821,7 +826,7 @@ def run_eval(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Mo
     if state["done"]:
         return state
     mc = model.cfg
-    sr, length = mc.sample_rate, mc.dit.latent_frames * mc.downsampling_ratio
+    sr, length = mc.sample_rate, _clip_samples(model)
     n = cfg.eval_items
     ds = procedural_dataset("heldout", length, sr, cfg.seed)
     prompts_audio, captions, params = render(ds, range(n), length, progress, desc="eval prompts")
@@ -830,18 +835,23 @@ def run_eval(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Mo
     cond = caption_condition(model, captions, _rng(cfg.seed, "eval", 0))
     noise = draw_noise((n, mc.dit.io_channels, mc.dit.latent_frames), _rng(cfg.seed, "eval", 1), "cpu")
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        return _decode(model, latents)
+    def vae_recon() -> torch.Tensor:
+        means = [model.pretransform.encode(prompts_audio[i:i + 4], sample=False) for i in range(0, n, 4)]
+        return _decode(model, torch.cat(means))
 
-    systems = {"data": lambda: prompts_audio,
-               "vae_recon": lambda: decode(torch.cat([model.pretransform.encode(prompts_audio[i:i + 4], sample=False)
-                                                      for i in range(0, n, 4)]))}
+    def teacher(steps: int) -> torch.Tensor:
+        return _decode(model, sample_teacher(model.dit, noise, steps=steps, cfg_scale=cfg.eval_cfg_scale,
+                                             cross_attn_cond=cond))
+
+    def student(steps: int) -> torch.Tensor:
+        return _decode(model, sample_turbo(student_dit, noise, steps=steps, cross_attn_cond=cond,
+                                           generator=_rng(cfg.seed, "eval", 2)))
+
+    systems = {"data": lambda: prompts_audio, "vae_recon": vae_recon}
     for s in cfg.eval_teacher_steps:
-        systems[f"teacher_{s}"] = (lambda s=s: decode(sample_teacher(
-            model.dit, noise, steps=s, cfg_scale=cfg.eval_cfg_scale, cross_attn_cond=cond)))
+        systems[f"teacher_{s}"] = functools.partial(teacher, s)
     for s in cfg.eval_student_steps:
-        systems[f"student_{s}"] = (lambda s=s: decode(sample_turbo(student_dit, noise, steps=s, cross_attn_cond=cond,
-                                                                   generator=_rng(cfg.seed, "eval", 2))))
+        systems[f"student_{s}"] = functools.partial(student, s)
     start = time.perf_counter()
     for name, make in tqdm(list(systems.items()), desc="eval", disable=not progress, dynamic_ncols=True):
         if name in state["systems"]:
