@@ -32,11 +32,13 @@ def fit_length(audio: torch.Tensor, num_samples: int) -> torch.Tensor:
     return torch.nn.functional.pad(audio, (0, num_samples - audio.shape[-1]))
 
 
-def procedural_dataset(split: str, num_samples: int, sample_rate: int, seed: int, num_items: int = 100_000):
+def procedural_dataset(split: str, num_samples: int, sample_rate: int, seed: int, num_items: int = 100_000,
+                       frequencies: str = "notes"):
     """A procedural set whose clips are at least ``num_samples`` long (crop with :func:`fit_length`)."""
     duration = max(0.5, num_samples / sample_rate + 1e-3)
     return ProceduralAudioDataset(ProceduralAudioConfig(sample_rate=sample_rate, duration_s=duration,
-                                                        num_items=num_items, seed=seed, split=split))
+                                                        num_items=num_items, seed=seed, split=split,
+                                                        frequencies=frequencies))
 
 
 def render(ds: ProceduralAudioDataset, indices: Sequence[int], num_samples: int, progress: bool = False,

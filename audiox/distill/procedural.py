@@ -34,6 +34,22 @@ TRAIN_FREQUENCIES = tuple(f for f in NOTE_FREQUENCIES if f not in HELDOUT_FREQUE
 HIT_COUNTS = (1, 2, 3, 4, 5, 6)
 HELDOUT_HIT_COUNTS = (5,)
 TRAIN_HIT_COUNTS = tuple(n for n in HIT_COUNTS if n not in HELDOUT_HIT_COUNTS)
+# Around each held-out note, the open interval between its two neighbouring notes: a
+# "continuous" train set draws any whole frequency in the note range outside these, so no
+# training tone is closer to a held-out note than the neighbouring notes (the nearest train
+# values of the "notes" set) are.
+HELDOUT_BANDS = tuple((NOTE_FREQUENCIES[k - 1], NOTE_FREQUENCIES[k + 1])
+                      for k, f in enumerate(NOTE_FREQUENCIES) if f in HELDOUT_FREQUENCIES)
+FREQUENCY_MODES = ("notes", "continuous")
+
+
+def continuous_train_frequency(rng: np.random.Generator) -> int:
+    """A whole frequency, log-uniform over the note range, outside every :data:`HELDOUT_BANDS`."""
+    top = len(NOTE_FREQUENCIES) - 1
+    while True:
+        hz = int(round(NOTE_FREQUENCIES[0] * 2 ** (rng.uniform(0.0, top) / 12)))
+        if not any(lo < hz < hi for lo, hi in HELDOUT_BANDS):
+            return hz
 
 
 @dataclass(frozen=True)
@@ -44,10 +60,17 @@ class ProceduralAudioConfig:
     seed: int = 0
     split: str = "train"
     kinds: tuple = KINDS
+    frequencies: str = "notes"
+    """Tone frequencies of the train split: "notes" (the 39 train notes) or "continuous"
+    (:func:`continuous_train_frequency`, so a model learns pitch as a function of the stated
+    number rather than 39 classes). The held-out split always uses the held-out notes;
+    chirps always use notes."""
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.frequencies not in FREQUENCY_MODES:
+            raise ValueError(f"frequencies must be one of {FREQUENCY_MODES}, got {self.frequencies!r}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
             raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
@@ -131,7 +154,10 @@ class ProceduralAudioDataset:
         freqs = self._frequencies()
         if kind == "tone":
             p["waveform"] = WAVEFORMS[int(rng.integers(len(WAVEFORMS)))]
-            p["freq_hz"] = int(freqs[int(rng.integers(len(freqs)))])
+            if self.config.split == "train" and self.config.frequencies == "continuous":
+                p["freq_hz"] = continuous_train_frequency(rng)
+            else:
+                p["freq_hz"] = int(freqs[int(rng.integers(len(freqs)))])
         elif kind in ("drums", "noise"):
             counts = HELDOUT_HIT_COUNTS if self.config.split == "heldout" else TRAIN_HIT_COUNTS
             p["count"] = int(counts[int(rng.integers(len(counts)))])

@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from audiox.distill.procedural import (HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, LEVELS, NUMBER_WORDS,
-                                       TRAIN_FREQUENCIES, ProceduralAudioConfig, ProceduralAudioDataset)
+from audiox.distill.procedural import (HELDOUT_BANDS, HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, LEVELS,
+                                       NOTE_FREQUENCIES, NUMBER_WORDS, TRAIN_FREQUENCIES, ProceduralAudioConfig,
+                                       ProceduralAudioDataset)
 
 
-def make(split="train", seed=0, kinds=("tone", "drums", "noise", "chirp"), duration_s=1.0, num_items=64):
+def make(split="train", seed=0, kinds=("tone", "drums", "noise", "chirp"), duration_s=1.0, num_items=64,
+         frequencies="notes"):
     return ProceduralAudioDataset(ProceduralAudioConfig(duration_s=duration_s, num_items=num_items, seed=seed,
-                                                        split=split, kinds=kinds))
+                                                        split=split, kinds=kinds, frequencies=frequencies))
 
 
 def first_of_kind(ds, kind, count=1):
@@ -47,9 +49,10 @@ def test_format_and_levels():
         assert (audio.abs().amax(dim=1) > 0).all(), "both channels carry signal"
 
 
-@pytest.mark.parametrize("waveform", ["sine", "square", "saw"])
-def test_tone_dominant_frequency_matches_caption(waveform):
-    ds = make(kinds=("tone",), num_items=200)
+@pytest.mark.parametrize("waveform,frequencies", [("sine", "notes"), ("square", "notes"), ("saw", "notes"),
+                                                   ("square", "continuous")])
+def test_tone_dominant_frequency_matches_caption(waveform, frequencies):
+    ds = make(kinds=("tone",), num_items=200, frequencies=frequencies)
     idx = [i for i in range(len(ds)) if ds.sample_params(i)["waveform"] == waveform][:4]
     assert len(idx) == 4
     for i in idx:
@@ -112,10 +115,35 @@ def test_heldout_split_is_disjoint():
                 assert counts_ok(p["count"])
 
 
+def test_continuous_train_frequencies_stay_outside_the_heldout_bands():
+    """"continuous" train tones: many distinct whole frequencies over the note range, none
+    nearer a held-out note than its neighbouring notes, reproducible; the held-out split and
+    the chirps are unchanged by the mode."""
+    cont = make(seed=3, kinds=("tone", "chirp"), num_items=400, frequencies="continuous")
+    params = [cont.sample_params(i) for i in range(len(cont))]
+    tones = [p["freq_hz"] for p in params if p["kind"] == "tone"]
+    assert len(tones) > 150 and len(set(tones)) > 100  # a continuum, not 39 notes
+    assert all(isinstance(f, int) and NOTE_FREQUENCIES[0] <= f <= NOTE_FREQUENCIES[-1] for f in tones)
+    assert not [f for f in tones for lo, hi in HELDOUT_BANDS if lo < f < hi]
+    assert [f for f in tones if f not in TRAIN_FREQUENCIES]  # off-note values do occur
+    for lo, hi in HELDOUT_BANDS:  # each band is the open interval around one held-out note
+        assert sum(lo < h < hi for h in HELDOUT_FREQUENCIES) == 1
+    assert [cont.sample_params(i) for i in range(len(cont))] == params
+    notes = make(seed=3, kinds=("tone", "chirp"), num_items=400)
+    for i, p in enumerate(params):
+        if p["kind"] == "chirp":
+            assert p["start_hz"] in TRAIN_FREQUENCIES and p == notes.sample_params(i)
+    held = [make("heldout", seed=3, kinds=("tone", "chirp"), num_items=400, frequencies=m)
+            for m in ("notes", "continuous")]
+    assert [held[0].sample_params(i) for i in range(50)] == [held[1].sample_params(i) for i in range(50)]
+
+
 def test_bad_config_and_index():
     with pytest.raises(ValueError, match="split"):
         ProceduralAudioConfig(split="test")
     with pytest.raises(ValueError, match="kinds"):
         ProceduralAudioConfig(kinds=("piano",))
+    with pytest.raises(ValueError, match="frequencies"):
+        ProceduralAudioConfig(frequencies="random")
     with pytest.raises(IndexError):
         make(num_items=4).sample_params(4)

@@ -153,7 +153,8 @@ def test_recipe_config_budget_and_validation():
         RecipeConfig(budget_minutes=0)
     with pytest.raises(ValueError, match="train_on"):
         RecipeConfig(dmd={"train_on": "sometimes"})
-    for bad in ({"teacher_ema_decay": 1.0}, {"student_select_every": -1}, {"student_select_items": 1}):
+    for bad in ({"teacher_ema_decay": 1.0}, {"student_select_every": -1}, {"student_select_items": 1},
+                {"train_frequencies": "all"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RecipeConfig(**bad)
     with pytest.raises(ValueError, match="unknown RecipeConfig keys"):
