@@ -7,7 +7,8 @@ Stages, each in ``DIR/<stage>/`` with safetensors weights and a JSON state, each
    :mod:`audiox.ddsp_vae` (``vae_type="ddsp"``), since the tiny preset's Oobleck did not
    learn pitch in this budget; :func:`check_vae` then gates the later stages;
 2. ``latents``: procedural train clips of the model's full length (236 latent frames for
-   ``tiny``) encoded to posterior means by that VAE, with their captions;
+   ``tiny``) encoded to posterior means by that VAE, with their captions; tones at any
+   whole frequency outside the held-out notes' neighbourhoods (``train_frequencies``);
 3. ``text``: the ``tiny`` preset's small byte-level T5 stand-in is taught to read the
    captions (every token's output carries kind, level, waveform, frequencies, count through a
    linear read-out; :mod:`.text_reader`), which a pretrained T5 brings to the release; the
@@ -39,8 +40,9 @@ this project's 2-core CPU box, 2 torch threads, nothing else running):
 stage        minutes  default work (cost per unit)
 ===========  =======  =======================================================
 vae          20       4000 steps, batch 8 x 0.74 s crops (DDSP codec: 529 fit in 20 min)
-latents      15       2000 clips of 10.96 s (11.5 min with the Oobleck; the codec is cheaper)
-text         6        4000 steps, batch 64 captions (0.076 s / step measured: 5.1 min)
+latents      5        2000 clips of 10.96 s (2.6 min with the DDSP codec in run 4; 11.5 with the Oobleck)
+text         16       12000 steps, batch 64 captions (6.7 min in run 5; held-out caption reading
+                      0.25 semitone median vs 0.70 after the 4000 steps of runs 3-4)
 teacher      79       15000 steps, batch 8 (0.36-0.56 s / step measured: stopped by time at 10441 in run 4)
 classifier   6        800 clips rendered once, 1500 steps of batch 32
 student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
@@ -130,10 +132,10 @@ class RecipeConfig:
     held-out bands it has to read the number. The VAE and classifier stay on notes."""
     latent_items: int = 2000
     latents_save_every: int = 250
-    latents_minutes: float = 15.0
+    latents_minutes: float = 5.0
     # 3. text encoder (see :mod:`audiox.distill.text_reader`)
-    text_steps: int = 4000
-    text_minutes: float = 6.0
+    text_steps: int = 12000
+    text_minutes: float = 16.0
     text_batch: int = 64
     text_lr: float = 1e-3
     # 4. teacher
