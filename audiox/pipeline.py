@@ -150,10 +150,15 @@ class AudioXPipeline:
         source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
         return cls(model, source=source, device=device, dtype=dtype)
 
-    def save_pretrained(self, path: str | os.PathLike, description: str = "", text_encoder: bool = True) -> None:
+    def save_pretrained(self, path: str | os.PathLike, description: str = "", text_encoder: bool = True,
+                        weights_dtype: torch.dtype = torch.float32) -> None:
         """Write ``model_config.json``, ``model.safetensors`` (everything but T5, as the release's
-        checkpoint) and, with ``text_encoder``, the T5 encoder and its tokenizer in ``t5-base/``."""
+        checkpoint; parameters stored as ``weights_dtype``, buffers as float32, all loaded back as
+        the pipeline's dtype) and, with ``text_encoder``, the T5 encoder and its tokenizer in ``t5-base/``."""
         from .checkpoint import save_safetensors
+
+        if weights_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"weights_dtype must be float32, float16 or bfloat16, got {weights_dtype}")
 
         os.makedirs(path, exist_ok=True)
         t5 = self.model.conditioner.conditioners["text_prompt"] if "text_prompt" in self.model.conditioner.conditioners else None
@@ -167,7 +172,9 @@ class AudioXPipeline:
                     json.dump({"max_length": t5.max_length}, f)
         with open(os.path.join(path, "model_config.json"), "w", encoding="utf-8") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)
-        sd = {k: v.float() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+        params = {name for name, _ in self.model.named_parameters()}  # buffers (statistics, tables) stay float32
+        sd = {k: v.to(weights_dtype if k in params else torch.float32) if v.is_floating_point() else v
+              for k, v in self.model.state_dict().items()}
         save_safetensors(sd, os.path.join(path, "model.safetensors"), metadata={"config_name": self.cfg.name})
         with open(os.path.join(path, "meta.json"), "w", encoding="utf-8") as f:
             json.dump({"description": description or self.source.detail}, f)

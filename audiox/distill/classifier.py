@@ -101,10 +101,13 @@ class ProceduralAudioClassifier(nn.Module):
 
 
 def labels_of(params: dict) -> tuple:
-    """(kind index, semitone index or -1) from a procedural item's params."""
+    """(kind index, semitone index or -1) from a procedural item's params: a tone's nearest
+    note (its own index for the note frequencies; "continuous" train tones fall between)."""
     kind = KINDS.index(params["kind"])
-    semi = NOTE_FREQUENCIES.index(params["freq_hz"]) if params["kind"] == "tone" else -1
-    return kind, semi
+    if params["kind"] != "tone":
+        return kind, -1
+    semi = round(12 * math.log2(params["freq_hz"] / NOTE_FREQUENCIES[0]))
+    return kind, min(max(semi, 0), len(NOTE_FREQUENCIES) - 1)
 
 
 def classifier_loss(model: ProceduralAudioClassifier, spec: torch.Tensor, kind: torch.Tensor,

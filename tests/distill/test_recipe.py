@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from audiox.distill.classifier import (NUM_SEMITONES, ProceduralAudioClassifier, classifier_loss, classify,
@@ -102,6 +103,11 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     assert sum(f.stat().st_size for f in export.rglob("*") if f.is_file()) <= 20 * 2 ** 20
     pipe = AudioXPipeline.from_pretrained(export)
     assert pipe.trained and "procedural" in pipe.source.detail
+    with safe_open(str(export / "model.safetensors"), "pt") as f:
+        stored = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    params = {n for n, _ in pipe.model.named_parameters()}
+    assert {stored[k] for k in stored if k in params} == {"F16"}  # export_dtype float16
+    assert {stored[k] for k in stored if k not in params} <= {"F32", "I64", "BOOL"}  # buffers kept
     # The codec's latent standardisation was set from data, used for the latents, and shipped.
     stats = load_file(out / "latent_normalization.safetensors")
     assert not stats["latent_std"].eq(1).all()
@@ -115,8 +121,9 @@ def test_recipe_end_to_end_interrupt_resume_export(tmp_path):
     for k, v in t5.items():
         torch.testing.assert_close(shipped[k], v, rtol=0, atol=0)
     ema = load_file(out / "student" / "selected_ema.safetensors")
+    dit_params = {n for n, _ in pipe.model.dit.named_parameters()}
     for k, v in pipe.model.dit.state_dict().items():
-        torch.testing.assert_close(v, ema[k], rtol=0, atol=0)
+        torch.testing.assert_close(v, ema[k].half().float() if k in dit_params else ema[k], rtol=0, atol=0)
     with torch_threads(1):
         wave, sr = pipe("a loud sine tone at 440 Hz", generator=torch.Generator().manual_seed(0))
         teacher_wave, _ = pipe("two kick drum hits", mode="teacher", steps=2, cfg_scale=3.0, generator=0)
@@ -154,7 +161,7 @@ def test_recipe_config_budget_and_validation():
     with pytest.raises(ValueError, match="train_on"):
         RecipeConfig(dmd={"train_on": "sometimes"})
     for bad in ({"teacher_ema_decay": 1.0}, {"student_select_every": -1}, {"student_select_items": 1},
-                {"train_frequencies": "all"}):
+                {"train_frequencies": "all"}, {"export_dtype": "int8"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             RecipeConfig(**bad)
     with pytest.raises(ValueError, match="unknown RecipeConfig keys"):
@@ -307,6 +314,8 @@ def test_stft_loss_band_terms_rank_a_near_miss_above_a_far_one():
 def test_labels_of_procedural_items():
     assert labels_of({"kind": "tone", "freq_hz": NOTE_FREQUENCIES[7]}) == (0, 7)
     assert labels_of({"kind": "noise", "count": 3}) == (2, -1)
+    assert [labels_of({"kind": "tone", "freq_hz": f})[1] for f in NOTE_FREQUENCIES] == list(range(len(NOTE_FREQUENCIES)))
+    assert labels_of({"kind": "tone", "freq_hz": 451})[1] == 24 and labels_of({"kind": "tone", "freq_hz": 425})[1] == 23
     assert np.all(np.diff(NOTE_FREQUENCIES) > 0)
 
 
@@ -332,7 +341,15 @@ def test_student_selection_keeps_the_best_scored_ema_and_the_teacher_is_an_ema(t
         seen.append({k: v.clone() for k, v in dit.state_dict().items()})
         return {"score": next(scores), "median_semitone_error": 0.0, "kind_accuracy": 1.0, "fd": 0.0}
 
+    evaluated = {}
+    real_eval = recipe.run_eval
+
+    def spy_eval(cfg, out, model, student_dit, *args, **kwargs):
+        evaluated.update({k: v.clone() for k, v in student_dit.state_dict().items()})
+        return real_eval(cfg, out, model, student_dit, *args, **kwargs)
+
     monkeypatch.setattr(recipe, "score_student", fake_score)
+    monkeypatch.setattr(recipe, "run_eval", spy_eval)
     cfg = RecipeConfig.micro(student_select_every=2)
     out = tmp_path / "run"
     metrics = run_recipe(cfg, str(out), progress=False)
@@ -349,10 +366,16 @@ def test_student_selection_keeps_the_best_scored_ema_and_the_teacher_is_an_ema(t
     assert any(not torch.equal(teacher_ema[k], teacher_raw[k]) for k in teacher_ema)
     for k, v in seen[0].items():
         torch.testing.assert_close(v, teacher_ema[k], rtol=0, atol=0)
-    # The export holds the picked weights.
-    shipped = AudioXPipeline.from_pretrained(out / "export").model.dit.state_dict()
+    # The export holds the picked weights, parameters rounded to float16 (the default
+    # export_dtype), buffers as they are.
+    shipped_dit = AudioXPipeline.from_pretrained(out / "export").model.dit
+    params = {n for n, _ in shipped_dit.named_parameters()}
+    shipped = shipped_dit.state_dict()
     for k, v in picked.items():
-        torch.testing.assert_close(shipped[k], v, rtol=0, atol=0)
+        torch.testing.assert_close(shipped[k], v.half().float() if k in params else v, rtol=0, atol=0)
+    assert any(not torch.equal(picked[k].half().float(), picked[k]) for k in params), "nothing was rounded"
+    for k, v in shipped.items():  # what was evaluated is what was shipped
+        torch.testing.assert_close(evaluated[k], v, rtol=0, atol=0)
 
 
 def test_quality_markdown_table_and_bars():
