@@ -120,7 +120,7 @@ def run_recipe_cli(name: str, cfg: dict, out: str, resume: bool, progress: bool,
         print(f"{system:>12}: FD {m['fd']:9.3f}  kind acc {m['kind_accuracy']:.2f}  "
               f"median tone error {'-' if err is None else f'{err:.2f}'} st")
     print(f"metrics -> {os.path.join(out, 'metrics.json')}, export -> {metrics['export']['path']} "
-          f"({metrics['export']['bytes'] / 2**20:.1f} MB)")
+          f"({metrics['export']['bytes'] / 1e6:.1f} MB)")
     return metrics
 
 
