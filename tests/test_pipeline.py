@@ -107,6 +107,25 @@ def test_save_and_from_pretrained_round_trip(pipe, tmp_path):
     assert rel_err(b, a) < 1e-5
 
 
+def test_embedded_model_is_within_20_mb_and_stored_as_float16(pipe, tmp_path):
+    import audiox
+    assets = os.path.join(os.path.dirname(audiox.__file__), "assets", "tiny")
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(assets) for f in fs)
+    assert 1_000_000 < size <= 20_000_000  # the limit, decimal MB
+    # float16 storage: the shipped parameters are float16 values, so saving them at float16
+    # again loses nothing (weight-norm layers are stored as weight_g / weight_v and refolded
+    # on load, which is exact only to float32 rounding).
+    pipe.save_pretrained(tmp_path / "m16", weights_dtype=torch.float16)
+    again = AudioXPipeline.from_pretrained(tmp_path / "m16")
+    ref, got = pipe.model.state_dict(), again.model.state_dict()
+    assert set(ref) == set(got)
+    for k in ref:
+        tol = 1e-6 if k.endswith(("weight_g", "weight_v")) else 0.0
+        torch.testing.assert_close(got[k], ref[k], rtol=tol, atol=tol, msg=k)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        pipe.save_pretrained(tmp_path / "bad", weights_dtype=torch.int8)
+
+
 def test_from_pretrained_rejects_mismatched_checkpoint(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "m")
     cfg_path = tmp_path / "m" / "model_config.json"
