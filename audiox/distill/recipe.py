@@ -43,7 +43,7 @@ vae          20       4000 steps, batch 8 x 0.74 s crops (DDSP codec: 529 fit in
 latents      5        2000 clips of 10.96 s (2.6 min with the DDSP codec in run 4; 11.5 with the Oobleck)
 text         16       12000 steps, batch 64 captions (6.7 min in run 5; held-out caption reading
                       0.25 semitone median vs 0.70 after the 4000 steps of runs 3-4)
-teacher      79       15000 steps, batch 8 (0.36-0.56 s / step measured: stopped by time at 10441 in run 4)
+teacher      79       15000 steps, batch 8 (0.32 s / step in run 5: 14776 steps in 79 min; run 4 measured 0.36-0.56)
 classifier   6        800 clips rendered once, 1500 steps of batch 32
 student      40       7000 DMD updates, batch 4, 4 critic : 1 generator (~0.33 s)
 eval         14       160 held-out prompts x 9 systems (planned, not capped)
@@ -184,8 +184,8 @@ class RecipeConfig:
     """Storage dtype of the export's ``model.safetensors`` ("float32", "float16", "bfloat16").
     The shipped parameters (student DiT, MAF, VAE, the frozen video / audio conditioners; the
     T5 and all buffers are saved as they are) are rounded to it *before* the evaluation
-    (:func:`round_shipped`), so the metrics are those of the files shipped. float16 halves the
-    export (20.8 -> ~10.6 MB)."""
+    (:func:`round_shipped`), so the metrics are those of the files shipped. float16 shrinks the
+    export (run 5: 20.8 -> 12.0 MB; weight-norm VAE layers are stored as float32 weight_g / weight_v)."""
 
     def __post_init__(self):
         self.vae_stft_sizes = tuple(int(s) for s in self.vae_stft_sizes)
