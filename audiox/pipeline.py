@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "assets")
 TEACHER_DEFAULTS = {"steps": 250, "cfg_scale": 6.0}
+# Storage dtypes ``save_pretrained`` accepts for the parameters, by name (the recipe's export_dtype).
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -157,8 +159,8 @@ class AudioXPipeline:
         the pipeline's dtype) and, with ``text_encoder``, the T5 encoder and its tokenizer in ``t5-base/``."""
         from .checkpoint import save_safetensors
 
-        if weights_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"weights_dtype must be float32, float16 or bfloat16, got {weights_dtype}")
+        if weights_dtype not in WEIGHT_DTYPES.values():
+            raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype}")
 
         os.makedirs(path, exist_ok=True)
         t5 = self.model.conditioner.conditioners["text_prompt"] if "text_prompt" in self.model.conditioner.conditioners else None

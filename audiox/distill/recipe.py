@@ -77,6 +77,7 @@ from .._io import atomic_directory
 from ..config import check_known_fields
 from ..config import AudioXConfig, get_preset
 from ..model import AudioXModel
+from ..pipeline import WEIGHT_DTYPES, AudioXPipeline, _Source
 from ..sampling import draw_noise, sample_teacher, sample_turbo
 from .classifier import ProceduralAudioClassifier, classifier_loss, classify, labels_of
 from .dmd import DMDConfig, DMDTrainer, ema_update
@@ -89,7 +90,6 @@ STAGES = ("vae", "latents", "text", "teacher", "classifier", "student", "eval", 
 PLANNED_MINUTES = 180.0
 EXPORT_LIMIT_BYTES = 20_000_000  # the issue's 20 MB, decimal
 StepHook = Callable[[str, int], None]
-_EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -208,8 +208,8 @@ class RecipeConfig:
             raise ValueError(f"student_select_items must be >= 2 (for a covariance), got {self.student_select_items}")
         if self.eval_items < 2:
             raise ValueError(f"eval_items must be >= 2 (for a covariance), got {self.eval_items}")
-        if self.export_dtype not in _EXPORT_DTYPES:
-            raise ValueError(f"export_dtype must be one of {sorted(_EXPORT_DTYPES)}, got {self.export_dtype!r}")
+        if self.export_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"export_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {self.export_dtype!r}")
         self.dmd_config()  # validates the DMD overrides early
 
     def dmd_config(self) -> DMDConfig:
@@ -900,7 +900,7 @@ def round_shipped(cfg: RecipeConfig, model: AudioXModel, student_dit: nn.Module)
     ``model.safetensors`` to ``cfg.export_dtype`` (kept as float32; buffers are stored as
     float32): what is evaluated is then exactly what loads from the export. Idempotent (a
     resumed run rounds again). The T5 is not a registered submodule, so it is left as is."""
-    dtype = _EXPORT_DTYPES[cfg.export_dtype]
+    dtype = WEIGHT_DTYPES[cfg.export_dtype]
     for module in (model.conditioner, model.pretransform, model.maf_block, student_dit):
         for p in module.parameters():
             p.copy_(p.to(dtype).to(p.dtype))
@@ -909,8 +909,6 @@ def round_shipped(cfg: RecipeConfig, model: AudioXModel, student_dit: nn.Module)
 def export_pipeline(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit: nn.Module, summary: str):
     """Student DiT + trained MAF + VAE + the frozen conditioners -> ``DIR/export`` via
     ``AudioXPipeline.save_pretrained``; raises if it is over 20 MB."""
-    from ..pipeline import AudioXPipeline, _Source
-
     export = build_model(cfg)  # same seed: the same frozen conditioners
     text_conditioner(export).model.load_state_dict(text_conditioner(model).model.state_dict())
     export.pretransform.load_state_dict(model.pretransform.state_dict())
@@ -919,7 +917,7 @@ def export_pipeline(cfg: RecipeConfig, out: str, model: AudioXModel, student_dit
     pipe = AudioXPipeline(export, source=_Source(export.cfg.name, True, summary))
     path = os.path.join(out, "export")
     with atomic_directory(path) as tmp:
-        pipe.save_pretrained(tmp, description=summary, weights_dtype=_EXPORT_DTYPES[cfg.export_dtype])
+        pipe.save_pretrained(tmp, description=summary, weights_dtype=WEIGHT_DTYPES[cfg.export_dtype])
         size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs)
         if size > EXPORT_LIMIT_BYTES:
             raise RuntimeError(f"export is {size / 1e6:.1f} MB, over the {EXPORT_LIMIT_BYTES / 1e6:.0f} MB limit")
