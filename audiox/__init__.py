@@ -13,16 +13,16 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AudioXPipeline": "audiox.pipeline",
-    "AudioXModel": "audiox.model",
-    "AudioXConfig": "audiox.config",
-    "get_preset": "audiox.config",
-    "load_model_config": "audiox.config",
-    "MMDiffusionTransformer": "audiox.dit",
-    "MAF_Block": "audiox.maf",
-    "sample_turbo": "audiox.sampling",
-    "sample_teacher": "audiox.sampling",
-    "load_into": "audiox.checkpoint",
+    "AudioXPipeline": "audiox_engine.audiox.pipeline",
+    "AudioXModel": "audiox_engine.audiox.model",
+    "AudioXConfig": "audiox_engine.audiox.config",
+    "get_preset": "audiox_engine.audiox.config",
+    "load_model_config": "audiox_engine.audiox.config",
+    "MMDiffusionTransformer": "audiox_engine.audiox.dit",
+    "MAF_Block": "audiox_engine.audiox.maf",
+    "sample_turbo": "audiox_engine.audiox.sampling",
+    "sample_teacher": "audiox_engine.audiox.sampling",
+    "load_into": "audiox_engine.audiox.checkpoint",
 }
 
 __all__ = list(_LAZY)

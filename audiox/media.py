@@ -95,6 +95,17 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(data.T.copy()), int(sr)
 
 
+def write_wav(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int) -> None:
+    """Write ``audio`` (C, L) float in [-1, 1] as a 16-bit PCM WAV, atomically: a reader never
+    sees a half-written file, and a failed write leaves nothing behind."""
+    import soundfile as sf
+
+    from ._io import atomic_path
+
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(tmp, audio.detach().T.contiguous().cpu().numpy(), sample_rate, subtype="PCM_16", format="WAV")
+
+
 def load_audio_prompt(path: str | os.PathLike, sample_rate: int = 44100, seconds_start: float = 0.0,
                       seconds_total: float = 10.0, channels: int = 2) -> torch.Tensor:
     """An audio prompt as the model takes it: (channels, seconds_total * sample_rate) float32.

@@ -19,7 +19,8 @@ from .conditioners import ConditionerConfig, MultiConditioner, T5Conditioner
 from .config import AudioXConfig
 from .dit import MMDiffusionTransformer, MMDiTWrapper
 from .maf import MAF_Block, fuse_modalities
-from .vae import AutoencoderPretransform, VAEConfig
+from .pretransform import AutoencoderPretransform
+from .vae import VAEConfig
 
 __all__ = ["AudioXModel", "vae_config_for", "conditioner_config_for"]
 

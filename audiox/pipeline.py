@@ -23,14 +23,13 @@ import torch
 from .checkpoint import CheckpointError, LoadReport, load_into
 from .config import AudioXConfig, ConfigError, get_preset, load_model_config
 from .model import AudioXModel
-from .sampling import draw_noise, make_generator, sample_teacher, sample_turbo
+from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, ReferenceSampler, draw_noise, make_generator
 
 __all__ = ["AudioXPipeline", "EMBEDDED_DIR"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "assets")
-TEACHER_DEFAULTS = {"steps": 250, "cfg_scale": 6.0}
 # Storage dtypes ``save_pretrained`` accepts for the parameters, by name (the recipe's export_dtype).
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -82,6 +81,8 @@ class AudioXPipeline:
         self.source = source
         self.device = torch.device(device)
         self.dtype = dtype
+        # The sampling slot: the reference samplers, or those ``engine.accelerate`` puts here.
+        self.sampler = ReferenceSampler()
         self.model.to(self.device)
         # The release runs the VAE in fp32 whatever the DiT's dtype; the DiT and MAF take `dtype`.
         self.model.model.to(dtype)
@@ -245,8 +246,8 @@ class AudioXPipeline:
                 raise ValueError("the Turbo student runs without CFG: leave cfg_scale unset (or 1) in turbo mode")
             cfg_scale = 1.0
         else:
-            steps = TEACHER_DEFAULTS["steps"] if steps is None else int(steps)
-            cfg_scale = TEACHER_DEFAULTS["cfg_scale"] if cfg_scale is None else float(cfg_scale)
+            steps = TEACHER_STEPS if steps is None else int(steps)
+            cfg_scale = TEACHER_CFG_SCALE if cfg_scale is None else float(cfg_scale)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         gen = make_generator(generator, self.device)
@@ -255,19 +256,10 @@ class AudioXPipeline:
         dit = self.model.dit
         shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
         noise = draw_noise(shape, gen, self.device, self.dtype)
-        if getattr(dit, "_audiox_engine_accelerated", False):
-            # engine.accelerate() swapped in its DiT: use its samplers (conditioning prepared
-            # once, CUDA graphs on GPU); same math and noise order as audiox.sampling.
-            import engine
-
-            if mode == "turbo":
-                latents = engine.sample_turbo(dit, noise, cond, steps=steps, generator=gen)
-            else:
-                latents = engine.sample_teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)
-        elif mode == "turbo":
-            latents = sample_turbo(dit, noise, steps=steps, generator=gen, progress=progress, cross_attn_cond=cond)
+        if mode == "turbo":
+            latents = self.sampler.turbo(dit, noise, cond, steps=steps, generator=gen, progress=progress)
         else:
-            latents = sample_teacher(dit, noise, steps=steps, cfg_scale=cfg_scale, cross_attn_cond=cond, progress=progress)
+            latents = self.sampler.teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)
         if return_latents:
             return latents, self.cfg.sample_rate
         return self.decode(latents, seconds), self.cfg.sample_rate

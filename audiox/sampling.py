@@ -24,7 +24,16 @@ __all__ = [
     "sample_turbo",
     "sample_teacher",
     "cfg_combine",
+    "ReferenceSampler",
+    "TEACHER_STEPS",
+    "TEACHER_CFG_SCALE",
+    "TURBO_STEPS",
 ]
+
+# The release's sampler defaults: the student's 4 DMD steps, the teacher's Euler steps and guidance.
+TURBO_STEPS = 4
+TEACHER_STEPS = 250
+TEACHER_CFG_SCALE = 6.0
 
 VelocityFn = Callable[..., torch.Tensor]
 
@@ -43,7 +52,7 @@ def draw_noise(shape, generator: torch.Generator | None, device, dtype=torch.flo
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
 
 
-def turbo_timesteps(steps: int = 4) -> torch.Tensor:
+def turbo_timesteps(steps: int = TURBO_STEPS) -> torch.Tensor:
     """The student's schedule ``linspace(1, 0, steps + 1)[:steps]`` (1, .75, .5, .25 for 4)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -66,7 +75,7 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> t
 def sample_turbo(
     model_fn: VelocityFn,
     noise: torch.Tensor,
-    steps: int = 4,
+    steps: int = TURBO_STEPS,
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
@@ -98,8 +107,8 @@ def sample_turbo(
 def sample_teacher(
     model_fn: VelocityFn,
     noise: torch.Tensor,
-    steps: int = 250,
-    cfg_scale: float = 6.0,
+    steps: int = TEACHER_STEPS,
+    cfg_scale: float = TEACHER_CFG_SCALE,
     cross_attn_cond: torch.Tensor | None = None,
     sigma_max: float = 1.0,
     init_data: torch.Tensor | None = None,
@@ -126,3 +135,21 @@ def sample_teacher(
         if callback is not None:
             callback(i, x)
     return x
+
+
+class ReferenceSampler:
+    """The samplers of this module, as the pipeline calls them (its ``sampler`` slot).
+
+    ``engine.accelerate`` puts its own sampler object with the same two methods in that
+    slot; the pipeline never needs to know which one it holds.
+    """
+
+    name = "reference"
+
+    def turbo(self, dit, noise: torch.Tensor, cond: torch.Tensor, *, steps: int,
+              generator: torch.Generator | None, progress: bool = False) -> torch.Tensor:
+        return sample_turbo(dit, noise, steps=steps, generator=generator, progress=progress, cross_attn_cond=cond)
+
+    def teacher(self, dit, noise: torch.Tensor, cond: torch.Tensor, *, steps: int, cfg_scale: float,
+                progress: bool = False) -> torch.Tensor:
+        return sample_teacher(dit, noise, steps=steps, cfg_scale=cfg_scale, cross_attn_cond=cond, progress=progress)

@@ -1,5 +1,5 @@
 """Benchmark harness for audiox-engine: timing, telemetry, result files, reports, suites.
 
-Entry points: `python -m benchmarks bench ...`, `python -m benchmarks bench report ...`,
-`python -m benchmarks profile ...` (see benchmarks/cli.py).
+Entry points: `python -m audiox_engine.benchmarks bench ...`, `python -m audiox_engine.benchmarks bench report ...`,
+`python -m audiox_engine.benchmarks profile ...` (see benchmarks/cli.py).
 """

@@ -1,5 +1,5 @@
 import sys
 
-from benchmarks.cli import main
+from audiox_engine.benchmarks.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@
     profile [--preset P] [--out trace.json]
 
 `main(argv)` takes the command name first (argv = ["bench", ...] or ["profile", ...]);
-`bench_main` and `profile_main` take what follows it. Run as `python -m benchmarks ...`.
+`bench_main` and `profile_main` take what follows it. Run as `python -m audiox_engine.benchmarks ...`.
 Exit codes: 0 ok, 1 a regression found by --compare, 2 bad input (unreadable or
 invalid result file, runs from different cards, unknown option), 3 some benchmark rows
 failed with an error (recorded as "FAILED: ..." under `skipped`; the others ran).
@@ -19,9 +19,9 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmarks import report, results
-from benchmarks.suites import HEADLINE_TEACHER_STEPS, SUITES, BenchConfig, run_suite
-from benchmarks.workloads import BACKENDS, WorkloadUnavailable
+from audiox_engine.benchmarks import report, results
+from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SUITES, BenchConfig, run_suite
+from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -135,7 +135,7 @@ def report_main(argv: list[str]) -> int:
 
 
 def profile_main(argv: list[str]) -> int:
-    from benchmarks.profiler import profile_generation
+    from audiox_engine.benchmarks.profiler import profile_generation
 
     args = _profile_parser().parse_args(argv)
     steps = args.steps or (4 if args.mode == "turbo" else HEADLINE_TEACHER_STEPS[0])
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     commands = {"bench": bench_main, "profile": profile_main, "report": report_main}
     if not argv or argv[0] not in commands:
-        print("usage: python -m benchmarks {bench|profile} ...  (bench report ... for reports)", file=sys.stderr)
+        print("usage: python -m audiox_engine.benchmarks {bench|profile} ...  (bench report ... for reports)", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

@@ -18,8 +18,8 @@ import os
 import pytest
 import torch
 
-from benchmarks import workloads
-from benchmarks.suites import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
+from audiox_engine.benchmarks import workloads
+from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
 
 
 def _device() -> torch.device:

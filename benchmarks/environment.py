@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import telemetry
+from audiox_engine.benchmarks import telemetry
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

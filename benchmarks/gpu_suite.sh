@@ -62,15 +62,15 @@ gpu_state before
   || { echo "gpu_suite: no CUDA device visible to torch; see $LOG" >&2; exit 2; }
 
 step tests "$T_TESTS" "$PY" -m pytest tests -q -m "not slow" -p no:cacheprovider
-step kernels "$T_KERNELS" "$PY" -m benchmarks bench --suite kernels --out "$OUT/kernels.json"
-step dit "$T_DIT" "$PY" -m benchmarks bench --suite dit --backends "$GPU_BACKENDS" --out "$OUT/dit.json"
-step headline "$T_HEADLINE" "$PY" -m benchmarks bench --suite headline --backends "$GPU_BACKENDS" --out "$OUT/headline.json"
+step kernels "$T_KERNELS" "$PY" -m audiox_engine.benchmarks bench --suite kernels --out "$OUT/kernels.json"
+step dit "$T_DIT" "$PY" -m audiox_engine.benchmarks bench --suite dit --backends "$GPU_BACKENDS" --out "$OUT/dit.json"
+step headline "$T_HEADLINE" "$PY" -m audiox_engine.benchmarks bench --suite headline --backends "$GPU_BACKENDS" --out "$OUT/headline.json"
 
 results=()
 for f in kernels dit headline; do
   [ -s "$OUT/$f.json" ] && results+=("$OUT/$f.json")
 done
-step report "$T_REPORT" "$PY" -m benchmarks bench report ${results[@]+"${results[@]}"} \
+step report "$T_REPORT" "$PY" -m audiox_engine.benchmarks bench report ${results[@]+"${results[@]}"} \
   --md "$OUT/BENCHMARKS.generated.md" --plots "$OUT/plots"
 gpu_state after
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import workloads
-from benchmarks.workloads import WorkloadUnavailable
+from audiox_engine.benchmarks import workloads
+from audiox_engine.benchmarks.workloads import WorkloadUnavailable
 
 _VAE_NAMES = ("vae", "pretransform", "decoder", "autoencoder")
 

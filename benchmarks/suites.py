@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import results, telemetry, timing, workloads
-from benchmarks.environment import capture_environment
-from benchmarks.workloads import BACKENDS, WorkloadUnavailable
+from audiox_engine.benchmarks import results, telemetry, timing, workloads
+from audiox_engine.benchmarks.environment import capture_environment
+from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def run_kernels(r: Runner) -> None:
     else:
         r.skip("ceilings", "ceilings", "device is cpu; ceilings are measured on a GPU only")
     try:
-        pkg = importlib.import_module("benchmarks.kernels")
+        pkg = importlib.import_module("audiox_engine.benchmarks.kernels")
     except ImportError as exc:
         r.skip("kernels", "kernels", f"benchmarks/kernels is not present ({exc})")
         return
@@ -226,7 +226,7 @@ def run_kernels(r: Runner) -> None:
     if not mods:
         r.skip("kernels", "kernels", "benchmarks/kernels has no modules")
     for name in tqdm(mods, desc="kernels", leave=False):
-        _run_kernel_module(r, f"benchmarks.kernels.{name}")
+        _run_kernel_module(r, f"audiox_engine.benchmarks.kernels.{name}")
 
 
 def _run_kernel_module(r: Runner, modname: str) -> None:

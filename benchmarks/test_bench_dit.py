@@ -4,8 +4,8 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from benchmarks import workloads
-from benchmarks.conftest import run_benchmark, unavailable_to_skip
+from audiox_engine.benchmarks import workloads
+from audiox_engine.benchmarks.conftest import run_benchmark, unavailable_to_skip
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from benchmarks import workloads
-from benchmarks.conftest import run_benchmark, teacher_steps, unavailable_to_skip
+from audiox_engine.benchmarks import workloads
+from audiox_engine.benchmarks.conftest import run_benchmark, teacher_steps, unavailable_to_skip
 
 MATRIX = [("turbo", workloads.TURBO_STEPS), ("teacher", max(teacher_steps()))]
 

@@ -78,10 +78,10 @@ def load_model_api() -> SimpleNamespace:
     """The `audiox` names the benchmarks use; WorkloadUnavailable if any is missing."""
     api = {}
     wanted = {
-        "get_preset": "audiox.config",
-        "MMDiffusionTransformer": "audiox.dit",
-        "sample_turbo": "audiox.sampling",
-        "sample_teacher": "audiox.sampling",
+        "get_preset": "audiox_engine.audiox.config",
+        "MMDiffusionTransformer": "audiox_engine.audiox.dit",
+        "sample_turbo": "audiox_engine.audiox.sampling",
+        "sample_teacher": "audiox_engine.audiox.sampling",
     }
     for name, module in wanted.items():
         api[name] = _import_attr(module, name)
@@ -89,7 +89,7 @@ def load_model_api() -> SimpleNamespace:
 
 
 def load_pipeline_class():
-    return _import_attr("audiox.pipeline", "AudioXPipeline")
+    return _import_attr("audiox_engine.audiox.pipeline", "AudioXPipeline")
 
 
 def load_engine():
@@ -198,8 +198,8 @@ def _accelerate(obj, backend: str, device: torch.device):
         raise WorkloadUnavailable(f"engine.accelerate(dtype={dtype}) refused: {type(exc).__name__}: {exc}") from exc
     out = obj if out is None else out
     if backend in QUANT_CONFIGS:
-        config = _import_attr("engine.quantize", QUANT_CONFIGS[backend])()
-        quantize = _import_attr("engine.quant_fused_block", "quantize_accelerated_")
+        config = _import_attr("audiox_engine.engine.quantize", QUANT_CONFIGS[backend])()
+        quantize = _import_attr("audiox_engine.engine.quant_fused_block", "quantize_accelerated_")
         try:
             for module in _modules_of(out):
                 quantize(module, config)

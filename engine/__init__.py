@@ -1,6 +1,6 @@
 """The accelerated backend for AudioX-Turbo: the one package that knows the model and the kernels.
 
-    import engine
+    from audiox_engine import engine
     fast = engine.accelerate(model)          # deep copy: fused DiT blocks, fused SnakeBeta
     engine.describe(fast)                    # what was swapped, which backends run
     dit = fast.model.model                   # the AcceleratedDiT, where the DiT was
@@ -13,13 +13,13 @@ the step once per generation; ``AcceleratedDiT.step(x, t, prepared)`` is one vel
 ``AcceleratedDiT.forward(x, t, cross_attn_cond, cfg_scale)`` stays a drop-in.
 """
 
-from engine.accelerate import BACKENDS, accelerate, describe
-from engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
-from engine.attention import ATTENTION_BACKENDS, available_attention_backends
-from engine.fused_block import FusedDiTBlock
-from engine.profiling import annotate
-from engine.quant_fused_block import quantize_accelerated_
-from engine.quantize import (
+from audiox_engine.engine.accelerate import BACKENDS, accelerate, describe
+from audiox_engine.engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
+from audiox_engine.engine.attention import ATTENTION_BACKENDS, available_attention_backends
+from audiox_engine.engine.fused_block import FusedDiTBlock
+from audiox_engine.engine.profiling import annotate
+from audiox_engine.engine.quant_fused_block import quantize_accelerated_
+from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
@@ -29,8 +29,8 @@ from engine.quantize import (
     save_quantized,
     weight_memory_report,
 )
-from engine.sampling import decode, sample_teacher, sample_turbo
-from engine.vae import FusedSnakeBeta
+from audiox_engine.engine.sampling import decode, sample_teacher, sample_turbo
+from audiox_engine.engine.vae import FusedSnakeBeta
 
 __all__ = [
     "Float8WeightAndActivationConfig",

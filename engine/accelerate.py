@@ -14,10 +14,11 @@ import logging
 import torch
 from torch import nn
 
-from engine.accelerated_dit import AcceleratedDiT
-from engine.attention import available_attention_backends, resolve_attention
-from engine.discover import find_dits, find_snake_betas
-from engine.vae import FusedSnakeBeta, swap_snake_betas
+from audiox_engine.engine.accelerated_dit import AcceleratedDiT
+from audiox_engine.engine.attention import available_attention_backends, resolve_attention
+from audiox_engine.engine.discover import find_dits, find_snake_betas
+from audiox_engine.engine.sampling import EngineSampler
+from audiox_engine.engine.vae import FusedSnakeBeta, swap_snake_betas
 
 __all__ = ["accelerate", "describe", "BACKENDS"]
 
@@ -28,7 +29,7 @@ _DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)
 
 
 def _interpret_mode() -> bool:
-    from kernels._dispatch import interpret_mode
+    from audiox_engine.kernels._dispatch import interpret_mode
 
     return interpret_mode()
 
@@ -127,6 +128,8 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
                 n_snakes += n
                 for why in skipped:
                     logger.info("engine.accelerate: skipped %s", why)
+    if n_dits and not isinstance(root, nn.Module) and hasattr(root, "sampler"):
+        root.sampler = EngineSampler()  # the pipeline's sampling slot: prepare once, CUDA graphs on GPU
     if n_dits == 0 and n_snakes == 0:
         raise ValueError(
             "engine.accelerate found no AudioX DiT (a module with transformer.layers[i] blocks having "

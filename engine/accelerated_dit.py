@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from engine.discover import looks_like_dit
-from engine.fused_block import FusedDiTBlock
-from engine.profiling import annotate
+from audiox_engine import kernels
+from audiox_engine.engine.discover import looks_like_dit
+from audiox_engine.engine.fused_block import FusedDiTBlock
+from audiox_engine.engine.profiling import annotate
 
 __all__ = ["AcceleratedDiT", "PreparedConditioning"]
 

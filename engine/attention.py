@@ -99,7 +99,7 @@ def attend(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tens
     """Self-attention from interleaved qkv (B, N, 3*H*d) -> (B, N, H*d) with ``backend``."""
     b, n, three_d = qkv.shape
     if backend == "triton":
-        from engine import ops
+        from audiox_engine.engine import ops
 
         return ops.dit_attention(qkv, num_heads, cos, sin, eps)
     q, k, v = _split(qkv, num_heads, cos, sin, eps)

@@ -20,8 +20,9 @@ import dataclasses
 
 import torch
 
-from audiox.sampling import turbo_timesteps
-from engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
+from audiox_engine.audiox.sampling import turbo_timesteps
+from audiox_engine.engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
+from audiox_engine.engine.loops import turbo_loop
 
 __all__ = ["TurboGraph", "TeacherStepGraph", "turbo_graph", "teacher_step_graph"]
 
@@ -60,8 +61,6 @@ class TurboGraph:
     """The whole ``steps``-step Turbo loop, fresh noise included, as one CUDA graph."""
 
     def __init__(self, dit: AcceleratedDiT, noise: torch.Tensor, prepared: PreparedConditioning, steps: int):
-        from engine.sampling import turbo_loop
-
         if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             raise RuntimeError("this PyTorch has no CUDAGraph.register_generator_state: cannot draw noise "
                                "inside a graph")

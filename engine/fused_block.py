@@ -24,10 +24,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-import kernels
-from engine import ops
-from engine.attention import attend
-from engine.discover import block_layout_problem
+from audiox_engine import kernels
+from audiox_engine.engine import ops
+from audiox_engine.engine.attention import attend
+from audiox_engine.engine.discover import block_layout_problem
 
 __all__ = ["FusedDiTBlock", "op_set"]
 

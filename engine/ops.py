@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-import kernels
+from audiox_engine import kernels
 
 __all__ = [
     "adaln_modulate",

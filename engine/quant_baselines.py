@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from engine.quantize import _replace, default_filter
+from audiox_engine.engine.quantize import _replace, default_filter
 
 __all__ = ["bitsandbytes_available", "swap_to_bnb_linear8bit"]
 

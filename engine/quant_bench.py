@@ -12,7 +12,7 @@ generation, not per step, so it is left out of the step-time picture.
 
 Not measured yet: this machine has no GPU. On CUDA::
 
-    python -m engine.quant_bench --batch 1
+    python -m audiox_engine.engine.quant_bench --batch 1
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.quant_gemm import pack_quant_conv_weight, scaled_conv1d_k3, scaled_mm
-from kernels.quant_rows import quantize_per_channel, quantize_rows
-from kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
+from audiox_engine.kernels.quant_gemm import pack_quant_conv_weight, scaled_conv1d_k3, scaled_mm
+from audiox_engine.kernels.quant_rows import quantize_per_channel, quantize_rows
+from audiox_engine.kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
 
 __all__ = ["GemmShape", "dit_gemm_shapes", "bench_quant_gemms"]
 
@@ -87,7 +87,7 @@ def _candidates(s: GemmShape, x: torch.Tensor):
             return F.linear(x, wb)
     out["bf16 torch"] = bf16
     if s.conv_k3:  # the bf16 engine's own Triton conv (kernels.conv1d_k3): the speed-up baseline
-        from kernels.conv1d_k3 import conv1d_k3, conv1d_k3_swiglu, pack_conv_weight
+        from audiox_engine.kernels.conv1d_k3 import conv1d_k3, conv1d_k3_swiglu, pack_conv_weight
 
         wp = pack_conv_weight(wb)
         if s.swiglu:

@@ -25,16 +25,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.attention import attend
-from engine.fused_block import FusedDiTBlock, op_set
-from engine.quantize import (
+from audiox_engine.engine.attention import attend
+from audiox_engine.engine.fused_block import FusedDiTBlock, op_set
+from audiox_engine.engine.quantize import (
     QuantConfig,
     QuantizedChannelLastConv1d,
     QuantizedLinear,
     set_backend,
 )
-from kernels.conv1d_k3 import unpack_conv_weight
-from kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
+from audiox_engine.kernels.conv1d_k3 import unpack_conv_weight
+from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
 
 __all__ = ["QuantizedFusedDiTBlock", "quantize_accelerated_"]
 

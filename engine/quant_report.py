@@ -10,8 +10,8 @@ Too slow for CI at full size (2.2B parameters: ~9 GB of fp32, a minute per forwa
 two CPU cores); the benchmark harness calls :func:`quant_quality_report`. From the
 command line::
 
-    python -m engine.quant_report --preset audiox-turbo            # full size
-    python -m engine.quant_report --preset audiox-turbo --depth 2  # full width, 2 blocks
+    python -m audiox_engine.engine.quant_report --preset audiox-turbo            # full size
+    python -m audiox_engine.engine.quant_report --preset audiox-turbo --depth 2  # full width, 2 blocks
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer
-from engine.quantize import (
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
@@ -46,7 +46,7 @@ DEFAULT_CONFIGS = (Float8WeightAndActivationConfig(), Int8WeightAndActivationCon
 def _build(cfg, std: float, seed: int, checkpoint: str | None, device) -> MMDiffusionTransformer:
     model = MMDiffusionTransformer(cfg)
     if checkpoint is not None:
-        from audiox.checkpoint import load_into
+        from audiox_engine.audiox.checkpoint import load_into
 
         load_into(model, checkpoint, strict=True)
     else:

@@ -2,7 +2,7 @@
 
 The torchao calling convention, over our own kernels::
 
-    from engine.quantize import quantize_, Float8WeightAndActivationConfig
+    from audiox_engine.engine.quantize import quantize_, Float8WeightAndActivationConfig
     quantize_(dit, Float8WeightAndActivationConfig())       # in place, returns dit
     v = dit(x, t, cond)                                     # same forward, quantized GEMMs
 
@@ -61,15 +61,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kernels._dispatch import use_triton
-from kernels.quant_gemm import (
+from audiox_engine.kernels._dispatch import use_triton
+from audiox_engine.kernels.quant_gemm import (
     pack_quant_conv_weight,
     scaled_conv1d_k3,
     scaled_conv1d_k3_reference,
     scaled_mm,
     scaled_mm_reference,
 )
-from kernels.quant_rows import FORMATS, quantize_per_channel, quantize_rows, quantize_rows_reference
+from audiox_engine.kernels.quant_rows import FORMATS, quantize_per_channel, quantize_rows, quantize_rows_reference
 
 __all__ = [
     "QuantConfig",
@@ -523,7 +523,7 @@ def _recipe_of(model: nn.Module) -> dict:
 def save_quantized(model: nn.Module, path: str | Path, metadata: dict | None = None) -> None:
     """Write ``model``'s state dict (quantized weights, scales, high-precision rest) as
     safetensors, atomically, with the recipe, the quantized layers and the model config."""
-    from audiox.checkpoint import save_safetensors
+    from audiox_engine.audiox.checkpoint import save_safetensors
 
     meta = {
         "quant_format_version": QUANT_FORMAT_VERSION,
@@ -569,7 +569,7 @@ def load_quantized(model: nn.Module, path: str | Path, config: QuantConfig | Non
     those ``filter_fn`` selects (when given) or present in the model, or any tensor's
     name or shape does not match. Nothing is copied unless everything matches.
     """
-    from audiox.checkpoint import CheckpointError, load_into, read_state_dict
+    from audiox_engine.audiox.checkpoint import CheckpointError, load_into, read_state_dict
 
     path = str(path)
     meta = _read_quant_metadata(path)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from audiox.sampling import draw_noise, teacher_timesteps, turbo_timesteps
-from engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
-from engine.profiling import annotate
+from audiox_engine.audiox.sampling import (TEACHER_CFG_SCALE, TEACHER_STEPS, TURBO_STEPS, teacher_timesteps,
+                                           turbo_timesteps)
+from audiox_engine.engine.accelerated_dit import AcceleratedDiT
+from audiox_engine.engine.cuda_graphs import teacher_step_graph, turbo_graph
+from audiox_engine.engine.loops import turbo_loop
+from audiox_engine.engine.profiling import annotate
 
-__all__ = ["sample_turbo", "sample_teacher", "turbo_loop", "decode"]
+__all__ = ["sample_turbo", "sample_teacher", "decode", "EngineSampler"]
 
 
 def _check_dit(dit) -> AcceleratedDiT:
@@ -24,28 +27,6 @@ def _check_dit(dit) -> AcceleratedDiT:
         raise TypeError(
             f"expected an AcceleratedDiT (from engine.accelerate(dit)), got {type(dit).__name__}")
     return dit
-
-
-def turbo_loop(dit: AcceleratedDiT, noise: torch.Tensor, prepared: PreparedConditioning,
-               ts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """The DMD loop on device, no host sync: ``x0 = z - t v``; re-noise; last step returns x0.
-
-    ts: (steps,) timesteps already on ``noise``'s device. Returns x0 in ``noise.dtype``.
-    """
-    steps = ts.shape[0]
-    b = noise.shape[0]
-    z = noise
-    x0 = noise
-    for i in range(steps):
-        with annotate(f"engine/turbo_step{i}"):
-            t = ts[i].expand(b)
-            v = dit.step(z, t.to(z.dtype), prepared)
-            x0 = z.float() - ts[i] * v.float()
-            if i < steps - 1:
-                t_next = ts[i + 1]
-                fresh = draw_noise(z.shape, generator, z.device)
-                z = (t_next * fresh + (1 - t_next) * x0).to(noise.dtype)
-    return x0.to(noise.dtype)
 
 
 def _want_graph(dit: AcceleratedDiT, x: torch.Tensor, cuda_graph: bool | None) -> bool:
@@ -59,7 +40,7 @@ def _want_graph(dit: AcceleratedDiT, x: torch.Tensor, cuda_graph: bool | None) -
 
 @torch.no_grad()
 def sample_turbo(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torch.Tensor,
-                 steps: int = 4, generator: torch.Generator | None = None,
+                 steps: int = TURBO_STEPS, generator: torch.Generator | None = None,
                  cuda_graph: bool | None = None) -> torch.Tensor:
     """Turbo (student) sampling: noise (B, C, T), cross_attn_cond (B, Nc, Dc) -> x0 (B, C, T).
 
@@ -80,8 +61,6 @@ def sample_turbo(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torc
                                "(PyTorch >= 2.5) to draw noise inside the graph")
         use_graph = False
     if use_graph:
-        from engine.cuda_graphs import turbo_graph
-
         with annotate("engine/turbo_graph"):
             return turbo_graph(dit, noise, prepared, steps).run(noise, prepared, generator)
     return turbo_loop(dit, noise, prepared, ts_cpu.to(noise.device), generator)
@@ -89,7 +68,7 @@ def sample_turbo(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torc
 
 @torch.no_grad()
 def sample_teacher(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torch.Tensor,
-                   steps: int = 250, cfg_scale: float = 6.0, sigma_max: float = 1.0,
+                   steps: int = TEACHER_STEPS, cfg_scale: float = TEACHER_CFG_SCALE, sigma_max: float = 1.0,
                    init_data: torch.Tensor | None = None, progress: bool = False,
                    cuda_graph: bool | None = None) -> torch.Tensor:
     """Teacher Euler sampling with batched CFG, as ``audiox.sampling.sample_teacher``.
@@ -104,8 +83,6 @@ def sample_teacher(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: to
     b = x.shape[0]
     runner = None
     if _want_graph(dit, x, cuda_graph):
-        from engine.cuda_graphs import teacher_step_graph
-
         runner = teacher_step_graph(dit, x, prepared)
     for i in tqdm(range(steps), desc="teacher", disable=not progress, leave=False):
         t_curr, t_next = ts[i], ts[i + 1]
@@ -126,3 +103,16 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     with annotate("engine/decode"):
         fn = getattr(vae, "decode", None)
         return fn(latents) if callable(fn) else vae(latents)
+
+
+class EngineSampler:
+    """This module's samplers behind a pipeline's ``sampler`` slot (``engine.accelerate``
+    puts one there): the same two methods as ``audiox.sampling.ReferenceSampler``."""
+
+    name = "engine"
+
+    def turbo(self, dit, noise, cond, *, steps, generator, progress=False):
+        return sample_turbo(dit, noise, cond, steps=steps, generator=generator)
+
+    def teacher(self, dit, noise, cond, *, steps, cfg_scale, progress=False):
+        return sample_teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-import kernels
-from engine import ops
-from engine.discover import find_snake_betas
+from audiox_engine import kernels
+from audiox_engine.engine import ops
+from audiox_engine.engine.discover import find_snake_betas
 
 __all__ = ["FusedSnakeBeta", "swap_snake_betas"]
 

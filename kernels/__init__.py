@@ -4,13 +4,13 @@ Each op runs its Triton kernel on CUDA tensors (or under ``TRITON_INTERPRET=1``)
 its plain-PyTorch ``*_reference`` otherwise; see ``kernels._dispatch``.
 """
 
-from kernels.adaln import (
+from audiox_engine.kernels.adaln import (
     adaln_modulate,
     adaln_modulate_reference,
     gated_residual_adaln,
     gated_residual_adaln_reference,
 )
-from kernels.conv1d_k3 import (
+from audiox_engine.kernels.conv1d_k3 import (
     conv1d_k3,
     conv1d_k3_gated_residual,
     conv1d_k3_gated_residual_reference,
@@ -20,11 +20,11 @@ from kernels.conv1d_k3 import (
     pack_conv_weight,
     unpack_conv_weight,
 )
-from kernels.dit_attention import dit_attention, dit_attention_reference, rope_tables
-from kernels.quant_adaln import adaln_modulate_quantize
-from kernels.quant_gemm import pack_quant_conv_weight, scaled_conv1d_k3, scaled_mm
-from kernels.quant_rows import quantize_rows
-from kernels.snake_beta import snake_beta, snake_beta_reference
+from audiox_engine.kernels.dit_attention import dit_attention, dit_attention_reference, rope_tables
+from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize
+from audiox_engine.kernels.quant_gemm import pack_quant_conv_weight, scaled_conv1d_k3, scaled_mm
+from audiox_engine.kernels.quant_rows import quantize_rows
+from audiox_engine.kernels.snake_beta import snake_beta, snake_beta_reference
 
 __all__ = [
     "adaln_modulate_quantize",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._dispatch import (
+from audiox_engine.kernels._dispatch import (
     check_float,
     check_last_dim_contiguous,
     check_out,

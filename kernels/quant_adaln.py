@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._dispatch import (
+from audiox_engine.kernels._dispatch import (
     check_float,
     check_last_dim_contiguous,
     check_same_device_dtype,
@@ -27,7 +27,7 @@ from kernels._dispatch import (
     next_pow2,
     use_triton,
 )
-from kernels.quant_rows import EPS, FORMATS, quantize_rows_reference, round_to_e4m3_grid
+from audiox_engine.kernels.quant_rows import EPS, FORMATS, quantize_rows_reference, round_to_e4m3_grid
 
 MAX_D = 16384
 

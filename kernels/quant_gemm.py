@@ -43,8 +43,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._dispatch import check_last_dim_contiguous, dot_in_fp32, interpret_mode, next_pow2, use_triton
-from kernels.quant_rows import dequantize_per_channel, dequantize_rows, format_of
+from audiox_engine.kernels._dispatch import check_last_dim_contiguous, dot_in_fp32, interpret_mode, next_pow2, use_triton
+from audiox_engine.kernels.quant_rows import dequantize_per_channel, dequantize_rows, format_of
 
 EPILOGUES = {"none": 0, "swiglu": 1, "gated_residual": 2}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

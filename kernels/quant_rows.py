@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import check_float, check_last_dim_contiguous, interpret_mode, next_pow2, use_triton
+from audiox_engine.kernels._dispatch import check_float, check_last_dim_contiguous, interpret_mode, next_pow2, use_triton
 
 # Format name -> (storage dtype, largest representable magnitude used for the scale).
 FORMATS: dict[str, tuple[torch.dtype, float]] = {

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import (
+from audiox_engine.kernels._dispatch import (
     check_float,
     check_last_dim_contiguous,
     check_out,

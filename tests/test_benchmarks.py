@@ -22,8 +22,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import cli, environment, report, results, telemetry, timing, workloads
-from benchmarks.suites import BenchConfig, run_suite
+from audiox_engine.benchmarks import cli, environment, report, results, telemetry, timing, workloads
+from audiox_engine.benchmarks.suites import BenchConfig, run_suite
 
 # ---------------------------------------------------------------- stand-in model API
 
@@ -153,15 +153,15 @@ def _install_stub_api(monkeypatch):
     pkg.__path__ = []
     mods = {
         "audiox": pkg,
-        "audiox.config": types.SimpleNamespace(get_preset=_get_preset),
-        "audiox.dit": types.SimpleNamespace(MMDiffusionTransformer=_StubDiT),
-        "audiox.sampling": types.SimpleNamespace(sample_turbo=_sample_turbo, sample_teacher=_sample_teacher),
-        "audiox.pipeline": types.SimpleNamespace(AudioXPipeline=_StubPipeline),
+        "audiox_engine.audiox.config": types.SimpleNamespace(get_preset=_get_preset),
+        "audiox_engine.audiox.dit": types.SimpleNamespace(MMDiffusionTransformer=_StubDiT),
+        "audiox_engine.audiox.sampling": types.SimpleNamespace(sample_turbo=_sample_turbo, sample_teacher=_sample_teacher),
+        "audiox_engine.audiox.pipeline": types.SimpleNamespace(AudioXPipeline=_StubPipeline),
         "engine": types.SimpleNamespace(accelerate=_stub_accelerate, sample_turbo=_engine_sample_turbo,
                                         sample_teacher=_engine_sample_teacher),
-        "engine.quantize": types.SimpleNamespace(Float8WeightAndActivationConfig=type("Float8", (), {}),
+        "audiox_engine.engine.quantize": types.SimpleNamespace(Float8WeightAndActivationConfig=type("Float8", (), {}),
                                                  Int8WeightAndActivationConfig=type("Int8", (), {})),
-        "engine.quant_fused_block": types.SimpleNamespace(quantize_accelerated_=_stub_quantize_accelerated_),
+        "audiox_engine.engine.quant_fused_block": types.SimpleNamespace(quantize_accelerated_=_stub_quantize_accelerated_),
     }
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -169,7 +169,7 @@ def _install_stub_api(monkeypatch):
 
 _GOOD_KERNEL_MODULE = """
 import torch
-from benchmarks import timing
+from audiox_engine.benchmarks import timing
 
 def run(device="cuda", quick=False):
     x = torch.randn(1 << 12)
@@ -188,12 +188,12 @@ def _install_stub_kernels(monkeypatch, directory):
     """A benchmarks.kernels package in `directory` with a well-formed and a malformed module."""
     (directory / "good_op.py").write_text(_GOOD_KERNEL_MODULE)
     (directory / "bad_op.py").write_text(_BAD_KERNEL_MODULE)
-    pkg = types.ModuleType("benchmarks.kernels")
+    pkg = types.ModuleType("audiox_engine.benchmarks.kernels")
     pkg.__path__ = [str(directory)]
-    monkeypatch.setitem(sys.modules, "benchmarks.kernels", pkg)
+    monkeypatch.setitem(sys.modules, "audiox_engine.benchmarks.kernels", pkg)
     for name in ("good_op", "bad_op"):  # registered so that undo() removes what the run imports
-        monkeypatch.setitem(sys.modules, f"benchmarks.kernels.{name}", None)
-        monkeypatch.delitem(sys.modules, f"benchmarks.kernels.{name}")
+        monkeypatch.setitem(sys.modules, f"audiox_engine.benchmarks.kernels.{name}", None)
+        monkeypatch.delitem(sys.modules, f"audiox_engine.benchmarks.kernels.{name}")
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ def test_telemetry_without_nvml_warns_once(caplog, monkeypatch):
     if telemetry.nvml_available():
         pytest.skip("NVML works on this machine")
     telemetry._reset_for_tests()
-    with caplog.at_level(logging.WARNING, logger="benchmarks.telemetry"):
+    with caplog.at_level(logging.WARNING, logger="audiox_engine.benchmarks.telemetry"):
         samplers = [telemetry.NvmlSampler() for _ in range(3)]
         for s in samplers:
             with s:
@@ -507,8 +507,8 @@ def test_bad_result_file_exits_2(tmp_path, capsys):
 
 
 def test_headline_falls_back_to_loops_without_pipeline(stub_api, monkeypatch, tmp_path):
-    monkeypatch.delitem(sys.modules, "audiox.pipeline")
-    monkeypatch.setitem(sys.modules, "audiox.pipeline", types.SimpleNamespace())
+    monkeypatch.delitem(sys.modules, "audiox_engine.audiox.pipeline")
+    monkeypatch.setitem(sys.modules, "audiox_engine.audiox.pipeline", types.SimpleNamespace())
     cfg = BenchConfig.smoke_defaults(suite="headline", device="cpu", backends=("eager",), teacher_steps=(50, 25),
                                      out=str(tmp_path / "h.json"))
     run = run_suite(cfg)
@@ -538,17 +538,17 @@ def test_failing_row_is_recorded_and_the_rest_runs(stub_api, monkeypatch, tmp_pa
 
 def test_missing_model_api_skips_with_reason(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "audiox", None)  # import audiox -> ImportError
-    monkeypatch.setitem(sys.modules, "audiox.config", None)
+    monkeypatch.setitem(sys.modules, "audiox_engine.audiox.config", None)
     cfg = BenchConfig.smoke_defaults(suite="dit", device="cpu", out=str(tmp_path / "d.json"))
     run = run_suite(cfg)
     assert run["entries"] == [] and len(run["skipped"]) == len(workloads.BACKENDS)
-    assert all("audiox.config" in s["reason"] for s in run["skipped"][:1])
+    assert all("audiox_engine.audiox.config" in s["reason"] for s in run["skipped"][:1])
     assert "not measured yet" not in report.render_markdown([run])  # skipped rows are shown, with reasons
     assert "skipped" in report.render_markdown([run])
 
 
 def test_profile_trace_has_named_ranges(stub_api, tmp_path):
-    from benchmarks.profiler import profile_generation, read_trace_names
+    from audiox_engine.benchmarks.profiler import profile_generation, read_trace_names
 
     info = profile_generation("tiny", "cpu", tmp_path / "trace.json", mode="turbo", steps=4)
     names = read_trace_names(info["trace"])
@@ -557,7 +557,7 @@ def test_profile_trace_has_named_ranges(stub_api, tmp_path):
 
 
 def _require_real_api():
-    from benchmarks import workloads
+    from audiox_engine.benchmarks import workloads
 
     try:
         workloads.load_model_api()

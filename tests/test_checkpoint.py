@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from audiox.checkpoint import CheckpointError, UnsafeCheckpointError, load_into, read_state_dict, save_safetensors
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer, MMDiTWrapper
+from audiox_engine.audiox.checkpoint import CheckpointError, UnsafeCheckpointError, load_into, read_state_dict, save_safetensors
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer, MMDiTWrapper
 from helpers import randomize_, rel_err
 
 
@@ -126,7 +126,8 @@ def test_unreadable_files(tmp_path):
 
 def test_vae_weight_norm_in_parametrization_names_loads(tmp_path):
     """Files from newer torch name weight norm `parametrizations.weight.original0/1`."""
-    from audiox.vae import AutoencoderPretransform, VAEConfig
+    from audiox_engine.audiox.pretransform import AutoencoderPretransform
+    from audiox_engine.audiox.vae import VAEConfig
 
     src = randomize_(AutoencoderPretransform(VAEConfig.tiny()), std=0.1, seed=4)
     sd = {}

@@ -16,7 +16,7 @@ from helpers import randomize_, read_reference_keys, write_test_wav
 from torch import nn
 from torch.nn import functional as F
 
-from audiox.conditioners import (
+from audiox_engine.audiox.conditioners import (
     CLIP_MEAN,
     CLIP_STD,
     ByteTokenizer,
@@ -25,7 +25,7 @@ from audiox.conditioners import (
     MultiConditioner,
     T5Conditioner,
 )
-from audiox.media import (
+from audiox_engine.audiox.media import (
     MediaError,
     load_audio_prompt,
     load_video_frames,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from audiox.config import ConfigError, get_preset, load_model_config, parse_model_config
+from audiox_engine.audiox.config import ConfigError, get_preset, load_model_config, parse_model_config
 
 
 def official_like_config() -> dict:

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from audiox.config import get_preset
-from audiox.ddsp_vae import DDSPAutoencoder, DDSPConfig, analyse_log_f0, log_band_filterbank
-from audiox.distill.classifier import estimate_frequency, semitone_error
-from audiox.model import AudioXModel, vae_config_for
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.ddsp_vae import DDSPAutoencoder, DDSPConfig, analyse_log_f0, log_band_filterbank
+from audiox_engine.audiox.distill.classifier import estimate_frequency, semitone_error
+from audiox_engine.audiox.model import AudioXModel, vae_config_for
 
 SR = 44100
 

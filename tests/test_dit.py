@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audiox.config import DiTConfig, get_preset
-from audiox.dit import (
+from audiox_engine.audiox.config import DiTConfig, get_preset
+from audiox_engine.audiox.dit import (
     CrossAttention,
     MMDiffusionTransformer,
     SelfAttention,

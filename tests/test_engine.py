@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import engine
-from audiox import sampling as ref_sampling
-from audiox.config import DiTConfig, get_preset
-from audiox.dit import MMDiffusionTransformer, MMDiTWrapper
-from audiox.vae import OobleckDecoder, SnakeBeta, VAEConfig
-from engine.fused_block import FusedDiTBlock
+from audiox_engine import engine
+from audiox_engine.audiox import sampling as ref_sampling
+from audiox_engine.audiox.config import DiTConfig, get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer, MMDiTWrapper
+from audiox_engine.audiox.vae import OobleckDecoder, SnakeBeta, VAEConfig
+from audiox_engine.engine.fused_block import FusedDiTBlock
 from helpers import randomize_, rel_err
-from kernels._dispatch import interpret_mode
+from audiox_engine.kernels._dispatch import interpret_mode
 
 # The kernels run on CPU tensors only through Triton's interpreter (tests/conftest.py
 # sets it when there is no GPU); on a GPU machine their parity is in test_engine_gpu.py.
@@ -146,7 +146,7 @@ def test_tiny_preset_full_length_reference_backend():
     with torch.no_grad():
         assert rel_err(fast(x, t, c), dit(x, t, c)) < 1e-5
     # The tables read from the model's latent_rot equal the kernels' own (used at other lengths).
-    from kernels import rope_tables
+    from audiox_engine.kernels import rope_tables
 
     cos, sin = fast.rope(cfg.latent_seq_len)
     want_cos, want_sin = rope_tables(cfg.latent_seq_len, cfg.head_dim)
@@ -338,8 +338,8 @@ def test_attention_backend_sdpa_with_triton_blocks(dit):
 
 @triton_on_cpu
 def test_attention_backends_agree_on_random_qkv():
-    from engine.attention import attend
-    from kernels import rope_tables
+    from audiox_engine.engine.attention import attend
+    from audiox_engine.kernels import rope_tables
 
     g = torch.Generator().manual_seed(17)
     qkv = torch.randn(2, 9, 3 * 4 * 12, generator=g) * 2
@@ -457,7 +457,7 @@ def test_custom_ops_pass_opcheck():
     w = torch.randn(3, 16, 8, generator=g)
     torch.library.opcheck(torch.ops.audiox.conv1d_k3.default, (x, w, None))
     qkv = torch.randn(1, 5, 3 * 2 * 8, generator=g)
-    from kernels import rope_tables
+    from audiox_engine.kernels import rope_tables
 
     cos, sin = rope_tables(5, 8)
     torch.library.opcheck(torch.ops.audiox.dit_attention.default, (qkv, 2, cos, sin, 1e-6))

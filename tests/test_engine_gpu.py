@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine
-from audiox import sampling as ref_sampling
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer
+from audiox_engine import engine
+from audiox_engine.audiox import sampling as ref_sampling
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer
 from helpers import randomize_, rel_err
 
 pytestmark = [

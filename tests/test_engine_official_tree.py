@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-import engine
-from audiox import sampling as ref_sampling
+from audiox_engine import engine
+from audiox_engine.audiox import sampling as ref_sampling
 from helpers import randomize_, rel_err
-from kernels._dispatch import interpret_mode
+from audiox_engine.kernels._dispatch import interpret_mode
 
 DIM, HEADS, DEPTH, FRAMES, COND_TOKENS, COND_DIM, IO = 96, 8, 2, 16, 24, 64, 64
 

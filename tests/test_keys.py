@@ -2,9 +2,9 @@
 
 import torch
 
-from audiox.config import get_preset
-from audiox.dit import MMDiTWrapper
-from audiox.maf import MAF_Block
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiTWrapper
+from audiox_engine.audiox.maf import MAF_Block
 from helpers import read_reference_keys
 
 

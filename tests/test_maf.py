@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from audiox.config import get_preset
-from audiox.maf import MAF_Block, fuse_modalities
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.maf import MAF_Block, fuse_modalities
 from helpers import randomize_, rel_err
 
 

@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiox.checkpoint import CheckpointError
-from audiox.cli import main
-from audiox.pipeline import AudioXPipeline
+from audiox_engine.audiox.checkpoint import CheckpointError
+from audiox_engine.cli import main
+from audiox_engine.audiox.pipeline import AudioXPipeline
 from helpers import rel_err, write_test_video, write_test_wav
 
 
@@ -108,7 +108,7 @@ def test_save_and_from_pretrained_round_trip(pipe, tmp_path):
 
 
 def test_embedded_model_is_within_20_mb_and_stored_as_float16(pipe, tmp_path):
-    import audiox
+    from audiox_engine import audiox
     assets = os.path.join(os.path.dirname(audiox.__file__), "assets", "tiny")
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(assets) for f in fs)
     assert 1_000_000 < size <= 20_000_000  # the issue's limit, decimal MB
@@ -180,7 +180,7 @@ def test_cli_mismatched_checkpoint_exits_2(pipe, tmp_path, capsys):
 
 def test_accelerated_pipeline_matches_reference(pipe):
     """engine.accelerate on a whole pipeline: fused Triton blocks (interpreter on CPU), fp32."""
-    import engine
+    from audiox_engine import engine
 
     ref, _ = pipe("a tone", generator=1, return_latents=True)
     fast = engine.accelerate(pipe, backend="triton", dtype=torch.float32)

@@ -8,10 +8,10 @@ import torch
 from helpers import randomize_
 from safetensors import safe_open
 
-from audiox.checkpoint import save_safetensors
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer
-from engine.quantize import (
+from audiox_engine.audiox.checkpoint import save_safetensors
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.engine.quantize import (
     QUANT_FORMAT_VERSION,
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from helpers import randomize_
 
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer
-from engine.accelerated_dit import AcceleratedDiT
-from engine.fused_block import op_set
-from engine.quant_fused_block import QuantizedFusedDiTBlock, quantize_accelerated_
-from engine.quantize import (
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.engine.accelerated_dit import AcceleratedDiT
+from audiox_engine.engine.fused_block import op_set
+from audiox_engine.engine.quant_fused_block import QuantizedFusedDiTBlock, quantize_accelerated_
+from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
-from kernels.quant_gemm import (
+from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
+from audiox_engine.kernels.quant_gemm import (
     pack_quant_conv_weight,
     scaled_conv1d_k3,
     scaled_conv1d_k3_reference,
@@ -20,7 +20,7 @@ from kernels.quant_gemm import (
     scaled_mm_reference,
     unpack_quant_conv_weight,
 )
-from kernels.quant_rows import (
+from audiox_engine.kernels.quant_rows import (
     FORMATS,
     dequantize_per_channel,
     dequantize_rows,
@@ -28,7 +28,7 @@ from kernels.quant_rows import (
     quantize_rows,
     quantize_rows_reference,
 )
-from kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
+from audiox_engine.kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (weight format, activations quantized?): W8A8-FP8, W8A8-INT8, INT8 weight-only.

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from helpers import randomize_
 from torch import nn
 
-from audiox.config import get_preset
-from audiox.dit import ChannelLastConv1d, MMDiffusionTransformer
-from engine.quant_baselines import bitsandbytes_available, swap_to_bnb_linear8bit
-from engine.quant_report import block_branches
-from engine.quantize import (
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import ChannelLastConv1d, MMDiffusionTransformer
+from audiox_engine.engine.quant_baselines import bitsandbytes_available, swap_to_bnb_linear8bit
+from audiox_engine.engine.quant_report import block_branches
+from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
@@ -24,7 +24,7 @@ from engine.quantize import (
     set_backend,
     weight_memory_report,
 )
-from kernels.quant_adaln import adaln_modulate_quantize
+from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize
 
 # Velocity cosine vs the unquantized model the issue asks for, per config.
 TARGETS = {
@@ -200,8 +200,8 @@ def test_dtype_casts_keep_quantized_storage():
 
 def test_quant_report_and_bench_harness_run():
     """The full-size report and GPU benchmark entry points, on tiny shapes (CPU, fast)."""
-    from engine.quant_bench import bench_quant_gemms, dit_gemm_shapes
-    from engine.quant_report import quant_quality_report
+    from audiox_engine.engine.quant_bench import bench_quant_gemms, dit_gemm_shapes
+    from audiox_engine.engine.quant_report import quant_quality_report
 
     rows = quant_quality_report("tiny", depth=1, std=0.04, backend="reference")
     assert [r["config"] for r in rows[1:]] == [c.__name__ for c in TARGETS]

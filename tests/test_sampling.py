@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from audiox.config import get_preset
-from audiox.dit import MMDiffusionTransformer
-from audiox.sampling import make_generator, sample_teacher, sample_turbo, turbo_timesteps
+from audiox_engine.audiox.config import get_preset
+from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.audiox.sampling import make_generator, sample_teacher, sample_turbo, turbo_timesteps
 from helpers import randomize_
 
 

@@ -10,9 +10,8 @@ from helpers import read_reference_keys
 from torch import nn
 from torch.nn import functional as F
 
-from audiox.vae import (
+from audiox_engine.audiox.vae import (
     AudioAutoencoder,
-    AutoencoderPretransform,
     SnakeBeta,
     VAEBottleneck,
     VAEConfig,
@@ -20,6 +19,7 @@ from audiox.vae import (
     WNConvTranspose1d,
     fold_weight_norm,
 )
+from audiox_engine.audiox.pretransform import AutoencoderPretransform
 
 
 def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -1,4 +1,4 @@
-"""A listening sheet for a trained pipeline: ``python -m audiox.distill.listen PIPELINE_DIR OUT_DIR``.
+"""A listening sheet for a trained pipeline: ``python -m audiox_engine.audiox.distill.listen PIPELINE_DIR OUT_DIR``.
 
 Generates a fixed list of prompts (train-split and held-out numbers, every kind), writes
 one WAV per prompt, and a PNG of their spectrograms titled with the prompt, the pitch
@@ -43,9 +43,7 @@ def listen(pipe, out_dir: str, prompts: Sequence[str] = DEFAULT_PROMPTS, seed: i
            steps: Optional[int] = None, cfg_scale: Optional[float] = None) -> list:
     """Generate every prompt with ``pipe`` and write ``out_dir/{NN}.wav``, ``listen.png`` and
     ``listen.json``. Returns the per-prompt records."""
-    import soundfile as sf
-
-    from ..cli import _write_wav_atomic
+    from ..media import write_wav
 
     os.makedirs(out_dir, exist_ok=True)
     records, waves = [], []
@@ -53,7 +51,7 @@ def listen(pipe, out_dir: str, prompts: Sequence[str] = DEFAULT_PROMPTS, seed: i
         wave, sr = pipe(prompt, mode=mode, steps=steps, cfg_scale=cfg_scale, generator=seed + i)
         wave = wave[0]
         path = os.path.join(out_dir, f"{i:02d}.wav")
-        _write_wav_atomic(path, wave.T.contiguous().numpy(), sr, sf)
+        write_wav(path, wave, sr)
         rec = {"prompt": prompt, "wav": os.path.basename(path), "peak_hz": estimate_frequency(wave, sr)}
         asked = stated_frequency(prompt)
         if asked is not None:
@@ -103,7 +101,7 @@ def plot_listen(waves: list, records: list, path: str, max_hz: float = 4000.0) -
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m audiox.distill.listen", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m audiox_engine.audiox.distill.listen", description=__doc__.splitlines()[0])
     p.add_argument("pipeline", help="a pipeline directory (save_pretrained layout), or a preset name")
     p.add_argument("out", help="folder for the WAVs, listen.png and listen.json")
     p.add_argument("--classifier", help="a recipe's classifier/classifier.safetensors, to name the kind heard")

@@ -6,6 +6,6 @@ gives a row with NaN times and an ``error``. The harness that calls these lives
 elsewhere; ``measure_copy_bandwidth`` gives the copy roofline for the GB/s figures.
 """
 
-from benchmarks.kernels._common import measure_copy_bandwidth
+from audiox_engine.benchmarks.kernels._common import measure_copy_bandwidth
 
 __all__ = ["measure_copy_bandwidth"]

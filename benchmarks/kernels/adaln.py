@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.kernels._common import bench_impls
-from kernels import (
+from audiox_engine.benchmarks.kernels._common import bench_impls
+from audiox_engine.kernels import (
     adaln_modulate,
     adaln_modulate_reference,
     gated_residual_adaln,

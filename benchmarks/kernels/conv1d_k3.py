@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels._common import bench_impls
-from kernels import (
+from audiox_engine.benchmarks.kernels._common import bench_impls
+from audiox_engine.kernels import (
     conv1d_k3,
     conv1d_k3_gated_residual,
     conv1d_k3_gated_residual_reference,

@@ -14,8 +14,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels._common import bench_impls
-from kernels import dit_attention, dit_attention_reference, rope_tables
+from audiox_engine.benchmarks.kernels._common import bench_impls
+from audiox_engine.kernels import dit_attention, dit_attention_reference, rope_tables
 
 SHAPES = [(1, 237, 64, 24), (2, 237, 64, 24), (4, 237, 64, 24), (1, 4096, 64, 24),
           (1, 1024, 16, 128)]  # (B, N, H, d)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.kernels._common import bench_impls
-from kernels import snake_beta, snake_beta_reference
+from audiox_engine.benchmarks.kernels._common import bench_impls
+from audiox_engine.kernels import snake_beta, snake_beta_reference
 
 # VAE decoder activations (B, C, T): 2048 ch near the latent rate up to 128 ch near audio rate.
 SHAPES = [(1, 2048, 474), (1, 1024, 1888), (1, 512, 15104), (1, 128, 242550), (4, 128, 242550)]

@@ -1,7 +1,7 @@
 """`audiox distill --toy` end to end at tiny sizes: outputs written, resume continues."""
 import json
 
-from audiox.distill.cli import main
+from audiox_engine.audiox.distill.cli import main
 
 
 def test_toy_cli_end_to_end_and_resume(tmp_path, capsys):
@@ -40,7 +40,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_config_with_recipe_runs_the_recipe(tmp_path, monkeypatch):
     """`--config` alone with a "recipe" object is the AudioX run, with the config's settings."""
-    import audiox.distill.cli as cli
+    import audiox_engine.audiox.distill.cli as cli
 
     calls = []
     monkeypatch.setattr(cli, "run_recipe_cli", lambda *a: calls.append(a) or {})

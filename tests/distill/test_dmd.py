@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from audiox.distill.dmd import (DMDConfig, DMDTrainer, cfg_velocity, distribution_matching_gradient, dmd_loss,
+from audiox_engine.audiox.distill.dmd import (DMDConfig, DMDTrainer, cfg_velocity, distribution_matching_gradient, dmd_loss,
                                 ema_update, noise_to, turbo_sample, x0_from_velocity)
-from audiox.distill.toy import ToyVelocityMLP, torch_threads
+from audiox_engine.audiox.distill.toy import ToyVelocityMLP, torch_threads
 
 DIM = 6
 
@@ -284,7 +284,7 @@ def test_config_and_input_errors():
 
 
 def test_token_discriminator_head_shapes_and_errors():
-    from audiox.distill.disc_head import TokenDiscriminatorHead
+    from audiox_engine.audiox.distill.disc_head import TokenDiscriminatorHead
     torch.manual_seed(0)
     head = TokenDiscriminatorHead(dim=12, hidden=8)
     feats = torch.randn(3, 5, 12)

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from audiox.config import DiTConfig
-from audiox.dit import MMDiffusionTransformer
-from audiox.distill.disc_head import TokenDiscriminatorHead
-from audiox.distill.dmd import DMDConfig, DMDTrainer
-from audiox.distill.features import early_block_features
-from audiox.distill.toy import torch_threads
+from audiox_engine.audiox.config import DiTConfig
+from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.audiox.distill.disc_head import TokenDiscriminatorHead
+from audiox_engine.audiox.distill.dmd import DMDConfig, DMDTrainer
+from audiox_engine.audiox.distill.features import early_block_features
+from audiox_engine.audiox.distill.toy import torch_threads
 
 TINY = DiTConfig(embed_dim=48, depth=3, num_heads=12, cond_token_dim=32, global_cond_dim=0,
                  mlp_ratio=2.0, latent_seq_len=9, num_cond_tokens=12)

@@ -4,11 +4,11 @@ import json
 import soundfile as sf
 import torch
 
-from audiox.distill.classifier import ProceduralAudioClassifier
-from audiox.distill.listen import listen, main, stated_frequency
-from audiox.distill.recipe import RecipeConfig, build_model
-from audiox.distill.toy import torch_threads
-from audiox.pipeline import AudioXPipeline, _Source
+from audiox_engine.audiox.distill.classifier import ProceduralAudioClassifier
+from audiox_engine.audiox.distill.listen import listen, main, stated_frequency
+from audiox_engine.audiox.distill.recipe import RecipeConfig, build_model
+from audiox_engine.audiox.distill.toy import torch_threads
+from audiox_engine.audiox.pipeline import AudioXPipeline, _Source
 
 
 def test_stated_frequency():

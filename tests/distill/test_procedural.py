@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiox.distill.procedural import (HELDOUT_BANDS, HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, LEVELS,
+from audiox_engine.audiox.distill.procedural import (HELDOUT_BANDS, HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, LEVELS,
                                        NOTE_FREQUENCIES, NUMBER_WORDS, TRAIN_FREQUENCIES, ProceduralAudioConfig,
                                        ProceduralAudioDataset)
 

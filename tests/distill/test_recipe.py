@@ -9,16 +9,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from audiox.distill.classifier import (NUM_SEMITONES, ProceduralAudioClassifier, classifier_loss, classify,
+from audiox_engine.audiox.distill.classifier import (NUM_SEMITONES, ProceduralAudioClassifier, classifier_loss, classify,
                                        estimate_frequency, frechet_distance, labels_of, log_frequency_filterbank,
                                        log_spectrogram, semitone_error)
-from audiox.distill.cli import main
-from audiox.distill.evaluate import (METRIC_KEYS, audio_metrics, procedural_dataset, quality_markdown, render,
+from audiox_engine.audiox.distill.cli import main
+from audiox_engine.audiox.distill.evaluate import (METRIC_KEYS, audio_metrics, procedural_dataset, quality_markdown, render,
                                     spectrograms)
-from audiox.distill.procedural import NOTE_FREQUENCIES
-from audiox.distill.recipe import RecipeConfig, build_model, multi_resolution_stft_loss, run_recipe
-from audiox.distill.toy import torch_threads
-from audiox.pipeline import AudioXPipeline
+from audiox_engine.audiox.distill.procedural import NOTE_FREQUENCIES
+from audiox_engine.audiox.distill.recipe import RecipeConfig, build_model, multi_resolution_stft_loss, run_recipe
+from audiox_engine.audiox.distill.toy import torch_threads
+from audiox_engine.audiox.pipeline import AudioXPipeline
 
 SR = 44100
 
@@ -332,7 +332,7 @@ def test_stage_time_budget_stops_the_student_mid_chunk(tmp_path):
 
 
 def test_student_selection_keeps_the_best_scored_ema_and_the_teacher_is_an_ema(tmp_path, monkeypatch):
-    import audiox.distill.recipe as recipe
+    import audiox_engine.audiox.distill.recipe as recipe
 
     seen, scores = [], iter([5.0, 3.0, 4.0])  # steps 0, 2, 4: the EMA at step 2 must be kept
 

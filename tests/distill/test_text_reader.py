@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from audiox.distill.procedural import (HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, KINDS, ProceduralAudioConfig,
+from audiox_engine.audiox.distill.procedural import (HELDOUT_FREQUENCIES, HELDOUT_HIT_COUNTS, KINDS, ProceduralAudioConfig,
                                        ProceduralAudioDataset)
-from audiox.distill.recipe import RecipeConfig, build_model, text_conditioner
-from audiox.distill.text_reader import (TARGET_DIM, TextReadout, caption_targets, check_text, encode_with_grad,
+from audiox_engine.audiox.distill.recipe import RecipeConfig, build_model, text_conditioner
+from audiox_engine.audiox.distill.text_reader import (TARGET_DIM, TextReadout, caption_targets, check_text, encode_with_grad,
                                         random_caption_params, read_frequency, text_loss)
-from audiox.distill.toy import torch_threads
+from audiox_engine.audiox.distill.toy import torch_threads
 
 
 @pytest.fixture(scope="module")

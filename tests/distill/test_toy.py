@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from audiox.distill.toy import NUM_MODES, ToyConfig, run_toy
+from audiox_engine.audiox.distill.toy import NUM_MODES, ToyConfig, run_toy
 
 GUIDED_SCALE = 3.0
 
@@ -67,7 +67,7 @@ def test_student_samples_are_finite_and_trainer_state_is_consistent(runs):
 
 def test_metrics_detect_narrow_modes_shift_and_mode_loss():
     """The metrics the tests rely on respond to the failures they are meant to catch."""
-    from audiox.distill.toy import balanced_labels, evaluate, mode_centers, mode_stats, sample_data
+    from audiox_engine.audiox.distill.toy import balanced_labels, evaluate, mode_centers, mode_stats, sample_data
     cfg = ToyConfig()
     g = torch.Generator().manual_seed(0)
     labels = balanced_labels(3000)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_test_utils import DEVICE, DTYPES, assert_close, make_generator, poisoned, randn
 
-from kernels import (
+from audiox_engine.kernels import (
     adaln_modulate,
     adaln_modulate_reference,
     gated_residual_adaln,

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.kernels import measure_copy_bandwidth
+from audiox_engine.benchmarks.kernels import measure_copy_bandwidth
 
 REQUIRED = {"kernel", "impl", "shape", "dtype", "ms_median", "ms_p10", "ms_p90"}
 
@@ -18,7 +18,7 @@ REQUIRED = {"kernel", "impl", "shape", "dtype", "ms_median", "ms_p10", "ms_p90"}
 @pytest.mark.parametrize("module", ["adaln", "dit_attention", "conv1d_k3", "snake_beta"])
 def test_run_quick_on_cpu(module, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda fn: fn)
-    rows = importlib.import_module(f"benchmarks.kernels.{module}").run("cpu", quick=True)
+    rows = importlib.import_module(f"audiox_engine.benchmarks.kernels.{module}").run("cpu", quick=True)
     impls = {r["impl"] for r in rows}
     assert {"ours", "eager", "torch.compile"} <= impls
     for row in rows:

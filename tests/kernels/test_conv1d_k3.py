@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from kernel_test_utils import DEVICE, assert_close, make_generator, poisoned, randn
 
-from kernels import (
+from audiox_engine.kernels import (
     conv1d_k3,
     conv1d_k3_gated_residual,
     conv1d_k3_gated_residual_reference,

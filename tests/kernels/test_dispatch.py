@@ -5,15 +5,15 @@ import importlib
 import pytest
 import torch
 
-import kernels
-from kernels import _dispatch
+from audiox_engine import kernels
+from audiox_engine.kernels import _dispatch
 
 # Modules by path: the package re-exports functions under the same names as their files.
 KERNEL_OBJECTS = [
-    ("kernels.adaln", "_adaln_fwd"),
-    ("kernels.dit_attention", "_dit_attention_fwd"),
-    ("kernels.conv1d_k3", "_conv1d_k3_fwd"),
-    ("kernels.snake_beta", "_snake_beta_fwd"),
+    ("audiox_engine.kernels.adaln", "_adaln_fwd"),
+    ("audiox_engine.kernels.dit_attention", "_dit_attention_fwd"),
+    ("audiox_engine.kernels.conv1d_k3", "_conv1d_k3_fwd"),
+    ("audiox_engine.kernels.snake_beta", "_snake_beta_fwd"),
 ]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_test_utils import DEVICE, assert_close, make_generator, poisoned, randn
 
-from kernels import dit_attention, dit_attention_reference, rope_tables
+from audiox_engine.kernels import dit_attention, dit_attention_reference, rope_tables
 
 # (B, N, H, d): N=1, N not a multiple of any block, d=24 (padded to 32 in-kernel),
 # d not a power of two, d up to 128, and the real geometry (heads of 24, N=237) with

@@ -19,7 +19,7 @@ def test_quant_kernels_compile_for_sm90():
 
 
 def _main():
-    from kernels import quant_adaln, quant_gemm, quant_rows
+    from audiox_engine.kernels import quant_adaln, quant_gemm, quant_rows
 
     M = 237  # one sample's tokens
     gemm = quant_gemm._scaled_gemm_fwd

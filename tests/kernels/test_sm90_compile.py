@@ -22,7 +22,7 @@ def _main():
 
     # By path: the package re-exports functions under the same names as their files.
     adaln, conv1d_k3, dit_attention, snake_beta = (
-        importlib.import_module(f"kernels.{m}")
+        importlib.import_module(f"audiox_engine.kernels.{m}")
         for m in ("adaln", "conv1d_k3", "dit_attention", "snake_beta"))
 
     bf16 = "*bf16"

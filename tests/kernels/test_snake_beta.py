@@ -4,7 +4,7 @@ import pytest
 import torch
 from kernel_test_utils import DEVICE, assert_close, make_generator, poisoned, randn
 
-from kernels import snake_beta, snake_beta_reference
+from audiox_engine.kernels import snake_beta, snake_beta_reference
 
 SHAPES = [(1, 1, 1), (2, 5, 300), (1, 3, 4097), (1, 64, 485), (1, 2, 20000)]
 

@@ -60,8 +60,8 @@ def _output_paths(output: str, n: int) -> list[str]:
 def _load_pipeline(args):
     import torch
 
-    from .config import PRESETS
-    from .pipeline import AudioXPipeline
+    from audiox_engine.audiox.config import PRESETS
+    from audiox_engine.audiox.pipeline import AudioXPipeline
 
     dtype = getattr(torch, args.dtype)
     if os.path.isdir(args.model):
@@ -74,7 +74,7 @@ def _load_pipeline(args):
 def _read_sync(path: str | None):
     if path is None:
         return None
-    from .checkpoint import read_state_dict
+    from audiox_engine.audiox.checkpoint import read_state_dict
 
     tensors = read_state_dict(path)
     if len(tensors) != 1:
@@ -84,8 +84,9 @@ def _read_sync(path: str | None):
 
 
 def cmd_generate(args) -> int:
-    import soundfile as sf
     import torch
+
+    from audiox_engine.audiox.media import write_wav
 
     if args.prompt is None and args.video is None and args.audio is None:
         raise UsageError("give at least one of --prompt, --video, --audio")
@@ -108,7 +109,7 @@ def cmd_generate(args) -> int:
 
     pipe = _load_pipeline(args)
     if args.accelerate:
-        import engine
+        from audiox_engine import engine
 
         pipe = engine.accelerate(pipe, dtype=getattr(torch, args.dtype))
     if not pipe.trained and not args.quiet:
@@ -132,28 +133,21 @@ def cmd_generate(args) -> int:
     if wave.shape[0] == 1 and args.batch > 1:
         wave = wave.expand(args.batch, -1, -1)
     for clip, out in zip(wave, outputs):
-        _write_wav_atomic(out, clip.T.contiguous().cpu().numpy(), sr, sf)
+        write_wav(out, clip, sr)
         if not args.quiet:
             print(f"wrote {out} ({clip.shape[-1] / sr:.2f} s, {sr} Hz, {clip.shape[0]} ch)")
     return 0
-
-
-def _write_wav_atomic(path: str, data, sr: int, sf) -> None:
-    from ._io import atomic_path
-
-    with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(tmp, data, sr, subtype="PCM_16", format="WAV")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Sub-commands owned by other packages take their own argument parsers.
     if argv and argv[0] in ("bench", "profile"):
-        from benchmarks import cli as bench_cli
+        from audiox_engine.benchmarks import cli as bench_cli
 
         return bench_cli.main(argv)
     if argv and argv[0] == "distill":
-        from .distill import cli as distill_cli
+        from audiox_engine.audiox.distill import cli as distill_cli
 
         return distill_cli.main(argv[1:])
 
