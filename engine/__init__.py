@@ -19,15 +19,17 @@ from audiox_engine.engine.attention import ATTENTION_BACKENDS, available_attenti
 from audiox_engine.engine.fused_block import FusedDiTBlock
 from audiox_engine.engine.profiling import annotate
 from audiox_engine.engine.quant_fused_block import quantize_accelerated_
+from audiox_engine.engine.quant_checkpoint import (
+    QuantCheckpointError,
+    load_quantized,
+    save_quantized,
+    weight_memory_report,
+)
 from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
-    QuantCheckpointError,
-    load_quantized,
     quantize_,
-    save_quantized,
-    weight_memory_report,
 )
 from audiox_engine.engine.sampling import decode, sample_teacher, sample_turbo
 from audiox_engine.engine.vae import FusedSnakeBeta

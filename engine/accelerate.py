@@ -16,7 +16,7 @@ from torch import nn
 
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.attention import available_attention_backends, resolve_attention
-from audiox_engine.engine.discover import find_dits, find_snake_betas
+from audiox_engine.engine.discover import find_dits, find_snake_betas, replace_module
 from audiox_engine.engine.sampling import EngineSampler
 from audiox_engine.engine.vae import FusedSnakeBeta, swap_snake_betas
 
@@ -55,12 +55,6 @@ def _module_slots(root) -> list[tuple[object, str | None, nn.Module]]:
             f"accelerate() takes an nn.Module or a pipeline object holding nn.Modules as attributes, "
             f"got {type(root).__name__}")
     return slots
-
-
-def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
 
 
 def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype | None = torch.bfloat16,
@@ -109,7 +103,7 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
             accel = AcceleratedDiT(dit, chosen, attn, cuda_graphs=cuda_graphs and device.type == "cuda")
             n_dits += 1
             if name:
-                _set_child(module, name, accel)
+                replace_module(module, name, accel)
             elif owner is not None:
                 setattr(owner, attr, accel)
             else:

@@ -236,7 +236,7 @@ class AcceleratedDiT(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, t: torch.Tensor, prepared: PreparedConditioning,
-             cfg_scale: float | None = None) -> torch.Tensor:
+             cfg_scale: float | torch.Tensor | None = None) -> torch.Tensor:
         """One velocity evaluation: x (B, C, T), t (B,) -> v (B, C, T) in x's dtype.
 
         With guided ``prepared``, runs cond and null rows in one batch of 2B and returns
@@ -248,7 +248,8 @@ class AcceleratedDiT(nn.Module):
         t = t.to(self.dtype)
         if not prepared.guided:
             return self._velocity(x, t, prepared).to(in_dtype)
-        scale = prepared.cfg_scale if cfg_scale is None else float(cfg_scale)
+        # A 0-d tensor scale (a CUDA graph's static buffer) is read on the device, never synced.
+        scale = prepared.cfg_scale if cfg_scale is None else cfg_scale
         out = self._velocity(torch.cat([x, x]), torch.cat([t, t]), prepared)
         cond, uncond = out.chunk(2, dim=0)
         return (uncond + (cond - uncond) * scale).to(in_dtype)

@@ -45,6 +45,22 @@ def _warm_up(fn, device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
+def capture(fn, device: torch.device, generators: tuple = ()):
+    """Warm ``fn`` up on a side stream, then capture one call as a CUDA graph.
+
+    ``generators`` are registered with the graph so that random draws inside it advance
+    them at every replay. Returns ``(replay, output)``: calling ``replay()`` reruns the
+    captured work, which rewrites ``output`` in place from the static input buffers.
+    """
+    _warm_up(fn, device)
+    graph = torch.cuda.CUDAGraph()
+    for g in generators:
+        graph.register_generator_state(g)
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
 def _static_prepared(prepared: PreparedConditioning) -> PreparedConditioning:
     return dataclasses.replace(prepared, modulation=prepared.modulation.clone(),
                                cos=prepared.cos.clone(), sin=prepared.sin.clone())
@@ -73,11 +89,7 @@ class TurboGraph:
         def loop():
             return turbo_loop(dit, self.static_noise, self.static_prepared, self.ts, self.rng)
 
-        _warm_up(loop, dev)
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.register_generator_state(self.rng)
-        with torch.cuda.graph(self.graph):
-            self.static_out = loop()
+        self._replay, self.static_out = capture(loop, dev, generators=(self.rng,))
 
     def run(self, noise: torch.Tensor, prepared: PreparedConditioning,
             generator: torch.Generator | None) -> torch.Tensor:
@@ -88,36 +100,45 @@ class TurboGraph:
         self.static_noise.copy_(noise)
         _load_prepared(self.static_prepared, prepared)
         self.rng.set_state(source.get_state())
-        self.graph.replay()
+        self._replay()
         source.set_state(self.rng.get_state())  # the caller's generator advances as if drawn eagerly
         return self.static_out.clone()
 
 
 class TeacherStepGraph:
-    """One teacher Euler step ``x + dt * v(x, t)`` captured once, replayed every step."""
+    """One teacher Euler step ``x + dt * v(x, t)`` captured once, replayed every step.
+
+    The guidance scale is a device scalar read inside the graph, so one capture serves
+    every ``cfg_scale`` of its shape; ``load`` copies a generation's conditioning in once,
+    ``step`` then only copies the latent and two scalars per step.
+    """
 
     def __init__(self, dit: AcceleratedDiT, x: torch.Tensor, prepared: PreparedConditioning):
         dev = x.device
         self.static_x = x.clone()
         self.static_t = torch.zeros(x.shape[0], dtype=x.dtype, device=dev)
         self.static_dt = torch.zeros((), dtype=torch.float32, device=dev)
+        self.static_cfg = torch.full((), float(prepared.cfg_scale), dtype=torch.float32, device=dev)
         self.static_prepared = _static_prepared(prepared)
+        guidance = self.static_cfg if prepared.guided else None
 
         def step():
-            v = dit.step(self.static_x, self.static_t, self.static_prepared)
+            v = dit.step(self.static_x, self.static_t, self.static_prepared, cfg_scale=guidance)
             return self.static_x + self.static_dt * v
 
-        _warm_up(step, dev)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = step()
+        self._replay, self.static_out = capture(step, dev)
 
-    def run(self, x: torch.Tensor, t: float, dt: float, prepared: PreparedConditioning) -> torch.Tensor:
+    def load(self, prepared: PreparedConditioning) -> None:
+        """Copy one generation's prepared conditioning and guidance scale into the graph."""
+        _load_prepared(self.static_prepared, prepared)
+        self.static_cfg.fill_(float(prepared.cfg_scale))
+
+    def step(self, x: torch.Tensor, t: float, dt: float) -> torch.Tensor:
+        """One Euler step from ``x`` at time ``t``; the result lives in a buffer the next step rewrites."""
         self.static_x.copy_(x)
         self.static_t.fill_(t)
         self.static_dt.fill_(dt)
-        _load_prepared(self.static_prepared, prepared)
-        self.graph.replay()
+        self._replay()
         return self.static_out
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "find_dits",
     "find_snake_betas",
     "block_layout_problem",
+    "replace_module",
 ]
 
 # What makes a module the release's `MMDiffusionTransformer`.
@@ -78,6 +79,15 @@ def find_snake_betas(root: nn.Module) -> list[tuple[str, nn.Module]]:
         if "alpha" in params and "beta" in params and params["alpha"].dim() == 1:
             out.append((name, module))
     return out
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where ``root.get_submodule(name)`` is (``name`` dotted, non-empty)."""
+    if not name:
+        raise ValueError("cannot replace the root module itself; replace it where its owner holds it")
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
 
 
 def block_layout_problem(block: nn.Module) -> str | None:

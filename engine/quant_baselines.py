@@ -14,7 +14,8 @@ from typing import Callable
 
 from torch import nn
 
-from audiox_engine.engine.quantize import _replace, default_filter
+from audiox_engine.engine.discover import replace_module
+from audiox_engine.engine.quantize import default_filter
 
 __all__ = ["bitsandbytes_available", "swap_to_bnb_linear8bit"]
 
@@ -54,5 +55,5 @@ def swap_to_bnb_linear8bit(model: nn.Module,
         new.weight = bnb.nn.Int8Params(m.weight.data.half(), requires_grad=False, has_fp16_weights=False)
         if m.bias is not None:
             new.bias = nn.Parameter(m.bias.data.half(), requires_grad=False)
-        _replace(model, fqn, new)
+        replace_module(model, fqn, new)
     return model

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from audiox_engine.engine.attention import attend
+from audiox_engine.engine.discover import replace_module
 from audiox_engine.engine.fused_block import FusedDiTBlock, op_set
 from audiox_engine.engine.quantize import (
     QuantConfig,
@@ -111,7 +112,5 @@ def quantize_accelerated_(accelerated: nn.Module, config: QuantConfig) -> nn.Mod
         raise ValueError(f"{type(accelerated).__name__} has no FusedDiTBlock: call engine.accelerate first "
                          "(or quantize the eager model with engine.quantize.quantize_)")
     for fqn, block in found:
-        parent_name, _, child = fqn.rpartition(".")
-        parent = accelerated.get_submodule(parent_name) if parent_name else accelerated
-        setattr(parent, child, QuantizedFusedDiTBlock(block, config))
+        replace_module(accelerated, fqn, QuantizedFusedDiTBlock(block, config))
     return accelerated

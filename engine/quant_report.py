@@ -28,6 +28,9 @@ from tqdm import tqdm
 
 from audiox_engine.audiox.config import get_preset
 from audiox_engine.audiox.dit import MMDiffusionTransformer
+from audiox_engine.engine.quant_checkpoint import (
+    weight_memory_report,
+)
 from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
@@ -35,7 +38,6 @@ from audiox_engine.engine.quantize import (
     QuantConfig,
     quantize_,
     set_backend,
-    weight_memory_report,
 )
 
 __all__ = ["quant_quality_report", "block_branches", "DEFAULT_CONFIGS"]

@@ -84,11 +84,12 @@ def sample_teacher(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: to
     runner = None
     if _want_graph(dit, x, cuda_graph):
         runner = teacher_step_graph(dit, x, prepared)
+        runner.load(prepared)  # once per generation, not per step
     for i in tqdm(range(steps), desc="teacher", disable=not progress, leave=False):
         t_curr, t_next = ts[i], ts[i + 1]
         with annotate(f"engine/teacher_step{i}"):
             if runner is not None:
-                x = runner.run(x, float(t_curr), float(t_next - t_curr), prepared)
+                x = runner.step(x, float(t_curr), float(t_next - t_curr))
             else:
                 t = torch.full((b,), float(t_curr), dtype=x.dtype, device=x.device)
                 v = dit.step(x, t, prepared)

@@ -15,7 +15,7 @@ from torch import nn
 
 from audiox_engine import kernels
 from audiox_engine.engine import ops
-from audiox_engine.engine.discover import find_snake_betas
+from audiox_engine.engine.discover import find_snake_betas, replace_module
 
 __all__ = ["FusedSnakeBeta", "swap_snake_betas"]
 
@@ -48,11 +48,8 @@ def swap_snake_betas(root: nn.Module, backend: str) -> tuple[int, list[str]]:
         if getattr(module, "alpha_logscale", True) is False:
             skipped.append(f"{name}: alpha_logscale=False (linear-scale SnakeBeta, kept eager)")
             continue
-        fused = FusedSnakeBeta(module, backend)
         if name == "":
             raise ValueError("the root module is a SnakeBeta itself; pass its parent")
-        parent_name, _, attr = name.rpartition(".")
-        parent = root.get_submodule(parent_name) if parent_name else root
-        setattr(parent, attr, fused)
+        replace_module(root, name, FusedSnakeBeta(module, backend))
         swapped += 1
     return swapped, skipped

@@ -11,16 +11,18 @@ from safetensors import safe_open
 from audiox_engine.audiox.checkpoint import save_safetensors
 from audiox_engine.audiox.config import get_preset
 from audiox_engine.audiox.dit import MMDiffusionTransformer
-from audiox_engine.engine.quantize import (
+from audiox_engine.engine.quant_checkpoint import (
     QUANT_FORMAT_VERSION,
+    QuantCheckpointError,
+    load_quantized,
+    save_quantized,
+)
+from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
-    QuantCheckpointError,
-    load_quantized,
     quantize_,
     quantized_modules,
-    save_quantized,
     set_backend,
 )
 

@@ -12,12 +12,14 @@ from audiox_engine.audiox.dit import MMDiffusionTransformer
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.fused_block import op_set
 from audiox_engine.engine.quant_fused_block import QuantizedFusedDiTBlock, quantize_accelerated_
+from audiox_engine.engine.quant_checkpoint import (
+    weight_memory_report,
+)
 from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
     Int8WeightOnlyConfig,
     set_backend,
-    weight_memory_report,
 )
 
 TARGETS = {Float8WeightAndActivationConfig: 0.995, Int8WeightAndActivationConfig: 0.99,

@@ -12,6 +12,9 @@ from audiox_engine.audiox.config import get_preset
 from audiox_engine.audiox.dit import ChannelLastConv1d, MMDiffusionTransformer
 from audiox_engine.engine.quant_baselines import bitsandbytes_available, swap_to_bnb_linear8bit
 from audiox_engine.engine.quant_report import block_branches
+from audiox_engine.engine.quant_checkpoint import (
+    weight_memory_report,
+)
 from audiox_engine.engine.quantize import (
     Float8WeightAndActivationConfig,
     Int8WeightAndActivationConfig,
@@ -22,7 +25,6 @@ from audiox_engine.engine.quantize import (
     quantize_,
     quantized_modules,
     set_backend,
-    weight_memory_report,
 )
 from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize
 
