@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -96,6 +97,38 @@ def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _what_it_is(path: str) -> str | None:
+    """What a file that should be a PyTorch pickle really is, when it is plainly not one."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"version https://git-lfs.github.com/spec"):
+        return "a Git LFS pointer, not the weights: fetch the real file (git lfs pull, or download it again)"
+    lowered = head.lstrip().lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML/XML page (a download that saved a web page instead of the file)"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None  # a zip (torch.save) or a protocol-2+ pickle: let torch.load judge it
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a PyTorch checkpoint (no zip or pickle header)"
+    return "a text file, not a PyTorch checkpoint"
+
+
+def _refused_global(message: str) -> str:
+    """The global a refused pickle asks for, from torch's message (without its advice)."""
+    lines = [line.strip().rstrip(".") for line in message.splitlines()]
+    for line in lines:
+        if "GLOBAL" in line:
+            return line
+    for line in lines:
+        if line.startswith("Unsupported"):
+            return f"{line} in its pickle stream"
+    return "it asks for an object other than tensors"
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read tensors from ``.safetensors`` or a pickle (weights only), on CPU."""
     path = str(path)
@@ -114,15 +147,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: unknown checkpoint extension; expected one of "
             f"{SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES}"
         )
+    kind = _what_it_is(path)
+    if kind is not None:
+        raise CheckpointError(f"{path} is {kind}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(
-            f"{path}: refusing to load: this pickle needs code execution to unpickle "
-            f"({str(e).splitlines()[0]}). Convert it to .safetensors in a trusted environment."
+            f"{path}: refused: its pickle would run code to load ({_refused_global(str(e))}); only "
+            "tensors are read. Ask its publisher for a .safetensors file."
         ) from None
-    except (RuntimeError, zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     return _unwrap(obj, path)
 
 

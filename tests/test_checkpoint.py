@@ -100,11 +100,30 @@ def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"w": Evil()}}, f)
-    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+    with pytest.raises(UnsafeCheckpointError, match="refused: its pickle would run code") as e:
         read_state_dict(path)
     torch.save({"state_dict": {"w": torch.ones(1)}, "hparams": Evil()}, tmp_path / "evil2.ckpt")
-    with pytest.raises(UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError) as e:
         read_state_dict(tmp_path / "evil2.ckpt")
+    assert "system" in str(e.value)  # names what it asked for
+    # Never the advice to load unsafely, and one line.
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, what", [
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS pointer"),
+    (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", "HTML"),
+    (b"epoch,loss\n1,0.5\n", "text file"),
+    (b"", "empty file"),
+    (bytes(range(1, 200)), "not a PyTorch checkpoint"),
+])
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, content, what):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=what) as e:
+        read_state_dict(path)
+    assert not isinstance(e.value, UnsafeCheckpointError)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_unreadable_files(tmp_path):
