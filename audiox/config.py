@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "check_known_fields",
+    "DictConfigMixin",
     "DiTConfig",
     "MAFConfig",
     "AudioXConfig",
@@ -44,6 +45,21 @@ def check_known_fields(cls, d: dict, error=ConfigError) -> None:
     unknown = sorted(set(d) - known)
     if unknown:
         raise error(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
+
+
+class DictConfigMixin:
+    """``from_dict`` / ``to_dict`` for a flat dataclass config stored as JSON: ``from_dict``
+    refuses unknown keys (a ``ValueError`` naming them) before construction, so a typo in a
+    config file is not silently dropped; ``to_dict`` writes top-level tuples as lists, the
+    form they have after a JSON round trip, so a saved config compares equal to a fresh one."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        check_known_fields(cls, d, ValueError)
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True)

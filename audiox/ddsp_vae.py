@@ -25,20 +25,21 @@ for the full-size AudioX.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import DictConfigMixin
 from .vae import sample_gaussian
 
 __all__ = ["DDSPConfig", "DDSPAutoencoder", "log_band_filterbank", "analyse_log_f0"]
 
 
 @dataclass
-class DDSPConfig:
+class DDSPConfig(DictConfigMixin):
     latent_dim: int = 64
     downsampling_ratio: int = 2048
     control_hop: int = 512
@@ -61,16 +62,6 @@ class DDSPConfig:
             raise ValueError(f"DDSPConfig: only stereo (io_channels=2) is supported, got {self.io_channels}")
         if self.latent_dim < 2:
             raise ValueError(f"DDSPConfig: latent_dim must be >= 2 (pitch + code), got {self.latent_dim}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DDSPConfig":
-        from .config import check_known_fields
-
-        check_known_fields(cls, d, ValueError)
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def log_band_filterbank(n_fft: int, bands: int, sample_rate: int, low_hz: float = 30.0,

@@ -22,7 +22,6 @@ generator update); the student is tracked by an EMA.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from .._io import atomic_directory
-from ..config import check_known_fields
+from ..config import DictConfigMixin
 
 VelocityModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 FeatureFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,7 +45,7 @@ TRAIN_ON_CHOICES = ("random_step", "final_step", "random_step_final_critic")
 
 
 @dataclass
-class DMDConfig:
+class DMDConfig(DictConfigMixin):
     """Hyper-parameters of DMD distillation. Defaults follow the AudioX-Turbo release
     where it states them (guidance 6, lr 1e-5, AdamW wd 1e-3, 4 student steps)."""
 
@@ -110,17 +109,6 @@ class DMDConfig:
             raise ValueError(f"DMDConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not (0.0 < self.adversarial_max_t <= 1.0):
             raise ValueError(f"DMDConfig.adversarial_max_t must be in (0, 1], got {self.adversarial_max_t}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        d["student_timesteps"] = list(self.student_timesteps)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DMDConfig":
-        check_known_fields(cls, d, ValueError)
-        return cls(**d)
 
 
 def _expand_t(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ spread ratio vs the data, class accuracy (nearest mode's class == requested clas
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..config import check_known_fields
+from ..config import DictConfigMixin
 from .dmd import DMDConfig, DMDTrainer, cfg_velocity, turbo_sample
 
 NUM_CLASSES = 2
@@ -32,7 +31,7 @@ NUM_MODES = 8
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(DictConfigMixin):
     radius: float = 2.0
     mode_std: float = 0.2
     own_class_mass: float = 0.8
@@ -59,9 +58,8 @@ class ToyConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ToyConfig":
         d = dict(d)
-        check_known_fields(cls, d, ValueError)
         dmd = d.pop("dmd", None)
-        cfg = cls(**d)
+        cfg = super().from_dict(d)
         if dmd is not None:
             cfg.dmd = DMDConfig.from_dict(dmd) if isinstance(dmd, dict) else dmd
         return cfg

@@ -1,5 +1,8 @@
-"""`audiox distill --toy` end to end at tiny sizes: outputs written, resume continues."""
+"""`audiox distill`: --toy end to end at tiny sizes (outputs written, resume continues),
+--recipe micro end to end, and the errors of both."""
 import json
+
+import pytest
 
 from audiox_engine.audiox.distill.cli import main
 
@@ -49,3 +52,20 @@ def test_config_with_recipe_runs_the_recipe(tmp_path, monkeypatch):
     assert main(["--config", str(path), "--out", str(tmp_path / "o"), "--resume", "--budget-minutes", "90"]) == 0
     name, cfg, out, resume, _, budget = calls[0]
     assert (name, cfg["recipe"], out, resume, budget) == ("tiny", {"teacher_lr": 1e-4}, str(tmp_path / "o"), True, 90.0)
+
+
+def test_cli_recipe_micro_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--recipe", "micro", "--out", str(out), "--no-progress", "--budget-minutes", "60"]) == 0
+    assert "student_2" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["budget_minutes"] == 60
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["--recipe", "micro", "--out", str(out), "--no-progress"])
+    # Only the budget may change on resume; finished stages are then all loaded, not rerun.
+    assert main(["--recipe", "micro", "--out", str(out), "--no-progress", "--resume", "--budget-minutes", "90"]) == 0
+    with pytest.raises(SystemExit, match="--config"):
+        main([])
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({"recipe": {"vae_stepz": 3}}))
+    with pytest.raises(SystemExit, match="vae_stepz"):
+        main(["--recipe", "micro", "--config", str(cfg), "--out", str(tmp_path / "x")])
