@@ -24,7 +24,7 @@ from audiox_engine.engine.quantize import (
     set_backend,
     weight_memory_report,
 )
-from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize
+from audiox_engine.kernels import adaln_modulate_quantize
 
 # Velocity cosine vs the unquantized model the issue asks for, per config.
 TARGETS = {
