@@ -8,6 +8,7 @@ reference. Also holds the small launcher helpers and ``@triton.jit`` helpers the
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -114,8 +115,13 @@ def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device``; ``H100_SMS`` anywhere else (the
     interpreter, ahead-of-time compiles), where launch configs are sized for an H100."""
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(torch.device(device).index or torch.cuda.current_device())
     return H100_SMS
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton.jit

@@ -256,7 +256,7 @@ def kernel_switches(a_dtype: torch.dtype, w_dtype: torch.dtype, a_scaled: bool, 
     )
 
 
-def launch(a3: torch.Tensor, a_scale2: torch.Tensor | None, w1: torch.Tensor,
+def _launch(a3: torch.Tensor, a_scale2: torch.Tensor | None, w1: torch.Tensor,
            w1_scale: torch.Tensor | None, w3: torch.Tensor | None, w3_scale: torch.Tensor | None,
            bias: torch.Tensor | None, res3: torch.Tensor | None, gate3: torch.Tensor | None,
            out3: torch.Tensor, epilogue: str) -> torch.Tensor:
@@ -322,16 +322,14 @@ def implicit_gemm_reference(a: torch.Tensor, a_scale: torch.Tensor | None, w: to
     out_dtype = _out_dtype(a, a_scale, residual, out_dtype)
     af = a.float() if a_scale is None else dequantize_rows(a, a_scale)
 
-    def gemm(wt, scale):
+    def gemm(wt, scale, b=None):  # the eager modules' own ops, bias included
         wf = _dequant_weight(wt, scale)
         if wf.shape[0] == 1:
-            return af @ wf[0].T
-        y = F.conv1d(af.transpose(1, 2), unpack_conv_weight(wf), padding=wf.shape[0] // 2)
+            return F.linear(af, wf[0], b)
+        y = F.conv1d(af.transpose(1, 2), unpack_conv_weight(wf), b, padding=wf.shape[0] // 2)
         return y.transpose(1, 2)
 
-    y = gemm(w, w_scale)
-    if bias is not None:
-        y = y + bias.float()
+    y = gemm(w, w_scale, None if bias is None else bias.float())
     if epilogue == "swiglu":
         y = F.silu(y) * gemm(w3, w3_scale)
     elif epilogue == "gated_residual":
@@ -443,5 +441,5 @@ def implicit_gemm(a: torch.Tensor, a_scale: torch.Tensor | None, weights: dict, 
             a, a_scale, w1, s1, bias, epilogue=epilogue, w3=w3, w3_scale=s3, residual=residual,
             gate=gate, out_dtype=out_dtype))
     s2 = None if a_scale is None else a_scale.reshape(B, T)
-    launch(a3, s2, w1, s1, w3, s3, bias, res3, gate3, o.view(B, T, N), epilogue)
+    _launch(a3, s2, w1, s1, w3, s3, bias, res3, gate3, o.view(B, T, N), epilogue)
     return o
