@@ -71,13 +71,13 @@ def _(qkv, num_heads, cos, sin, eps):
 
 @torch.library.custom_op("audiox::conv1d_k3", mutates_args=())
 def conv1d_k3(x: Tensor, w_packed: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """Channels-last k=3 conv: x (B, T, Cin), w_packed (3, Cin, Cout) -> (B, T, Cout)."""
+    """Channels-last k=3 conv: x (B, T, Cin), w_packed (3, Cout, Cin) -> (B, T, Cout)."""
     return kernels.conv1d_k3(x, w_packed, bias).contiguous()
 
 
 @conv1d_k3.register_fake
 def _(x, w_packed, bias):
-    return _new_like(x, (x.shape[0], x.shape[1], w_packed.shape[2]))
+    return _new_like(x, (x.shape[0], x.shape[1], w_packed.shape[1]))
 
 
 @torch.library.custom_op("audiox::conv1d_k3_swiglu", mutates_args=())
@@ -88,7 +88,7 @@ def conv1d_k3_swiglu(x: Tensor, w1_packed: Tensor, w3_packed: Tensor) -> Tensor:
 
 @conv1d_k3_swiglu.register_fake
 def _(x, w1_packed, w3_packed):
-    return _new_like(x, (x.shape[0], x.shape[1], w1_packed.shape[2]))
+    return _new_like(x, (x.shape[0], x.shape[1], w1_packed.shape[1]))
 
 
 @torch.library.custom_op("audiox::conv1d_k3_gated_residual", mutates_args=())
@@ -100,7 +100,7 @@ def conv1d_k3_gated_residual(x: Tensor, w_packed: Tensor, residual: Tensor, gate
 
 @conv1d_k3_gated_residual.register_fake
 def _(x, w_packed, residual, gate, bias):
-    return _new_like(x, (x.shape[0], x.shape[1], w_packed.shape[2]))
+    return _new_like(x, (x.shape[0], x.shape[1], w_packed.shape[1]))
 
 
 @torch.library.custom_op("audiox::snake_beta", mutates_args=())

@@ -35,13 +35,13 @@ from audiox_engine.engine.quantize import (
     set_backend,
 )
 from audiox_engine.kernels.conv1d_k3 import unpack_conv_weight
-from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
+from audiox_engine.kernels.adaln import adaln_modulate_quantize, adaln_modulate_quantize_reference
 
 __all__ = ["QuantizedFusedDiTBlock", "quantize_accelerated_"]
 
 
 def _conv_from_packed(packed: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv1d:
-    """A throw-away Conv1d holding a ``pack_conv_weight`` (3, Cin, Cout) buffer's weight."""
+    """A throw-away Conv1d holding a ``pack_conv_weight`` (3, Cout, Cin) buffer's weight."""
     w = unpack_conv_weight(packed)  # (Cout, Cin, 3)
     conv = nn.Conv1d(w.shape[1], w.shape[0], 3, padding=1, bias=bias is not None,
                      device="meta")

@@ -35,7 +35,7 @@ the reference.
 
 Hook for fused producers: ``QuantizedLinear.forward_prequantized(x_q, x_scale, ...)`` and
 ``QuantizedChannelLastConv1d.forward_prequantized`` take activations already quantized
-by their producer (``kernels.quant_adaln.adaln_modulate_quantize`` emits the adaLN
+by their producer (``kernels.adaln.adaln_modulate_quantize`` emits the adaLN
 output as FP8/INT8 plus per-token scales), skipping the standalone quantize pass; the
 same methods take the fused epilogues (``"swiglu"`` with a partner layer,
 ``"gated_residual"``).

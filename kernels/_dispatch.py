@@ -3,15 +3,20 @@
 One rule for every op: Triton runs when the tensors are on CUDA, or when
 ``TRITON_INTERPRET=1`` is set (the Triton interpreter runs kernels on CPU tensors,
 which is how the tests exercise them without a GPU). Plain CPU falls back to the
-reference. Also holds the small launcher helpers the ops share.
+reference. Also holds the small launcher helpers and ``@triton.jit`` helpers the ops share.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
+import triton.language as tl
+
+# Streaming multiprocessors assumed where no GPU can be asked: an H100 SXM's.
+H100_SMS = 132
 
 
 def interpret_mode() -> bool:
@@ -79,14 +84,16 @@ def expand_broadcast(name: str, t: torch.Tensor, B: int, N: int, D: int) -> torc
 
 
 def check_out(out: torch.Tensor | None, shape: tuple[int, ...], like: torch.Tensor,
-              name: str = "out") -> torch.Tensor:
-    """Return ``out`` after validating it, or a fresh contiguous tensor like ``like``."""
+              name: str = "out", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``out`` after validating it, or a fresh contiguous tensor on ``like``'s
+    device, in ``dtype`` (default: ``like``'s)."""
+    dtype = like.dtype if dtype is None else dtype
     if out is None:
-        return torch.empty(shape, device=like.device, dtype=like.dtype)
+        return torch.empty(shape, device=like.device, dtype=dtype)
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(out.shape)}, expected {tuple(shape)}")
-    if out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(f"{name} must be {like.dtype} on {like.device}")
+    if out.dtype != dtype or out.device != like.device:
+        raise ValueError(f"{name} must be {dtype} on {like.device}, got {out.dtype} on {out.device}")
     if not out.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     return out
@@ -102,3 +109,24 @@ def copy_into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device``; ``H100_SMS`` anywhere else (the
+    interpreter, ahead-of-time compiles), where launch configs are sized for an H100."""
+    if device.type == "cuda":
+        return _cuda_sm_count(torch.device(device).index or torch.cuda.current_device())
+    return H100_SMS
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@triton.jit
+def load_rows_f32(ptr, b, n, stride_b, stride_n, cols, mask):
+    """fp32 [rows, cols] tile of a (B, N, D) tensor with strides (stride_b, stride_n, 1),
+    for rows given by their (b, n) indices (int64) and columns ``cols``; zero where masked."""
+    offs = (b * stride_b + n * stride_n)[:, None] + cols[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)

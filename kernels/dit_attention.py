@@ -190,21 +190,19 @@ def _head_blocks(d: int) -> tuple[int, int]:
 def _config(N: int, d: int, B: int, H: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps), a fixed table instead of autotuning.
 
-    To tune on H100: BLOCK_M 32/64/128 and num_warps 4/8 at N=237, d=24 (the grid is
-    only B*H*cdiv(N, BLOCK_M) programs, so smaller BLOCK_M fills more SMs at B=1),
-    num_stages 2/3 for long N.
+    BLOCK_M=64 with 4 warps is the smallest query block that Hopper serves with wgmma
+    (32 rows fall back to mma.sync). At B=1 the real model (64 heads of 24, N=237) then
+    launches 64 * cdiv(237, 64) = 256 programs, about two per SM of an H100.
+
+    To measure on an H100 (nothing here is timed): BLOCK_M 64 (wgmma, 256 programs)
+    against 32 (mma.sync, 512 programs) at B=1, BLOCK_N 32/64, num_stages 2/3 for long N.
     """
     if interpret_mode():
         # The interpreter pays per program and per loop step: few, large blocks.
         blk = min(128, max(16, next_pow2(N)))
         return blk, blk, 4
     if d <= 64:
-        block_m = 64
-        # At B=1, N=237 the grid is 256 programs of 64 rows; drop to 32 rows when
-        # fewer than ~2 waves of 132 SMs would run.
-        if B * H * triton.cdiv(N, 64) < 264:
-            block_m = 32
-        return block_m, 64, 4
+        return 64, 64, 4
     return 128, 64, 8
 
 

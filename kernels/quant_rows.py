@@ -6,11 +6,11 @@ for INT8 (symmetric, -128 unused so negation is exact). FP8 casts round to neare
 even after clamping to +-448; INT8 rounds half away from zero (the reference does
 the same, so kernel and reference agree bit for bit away from fp32 division ties).
 
-This is the activation side of the W8A8 GEMMs in ``kernels.quant_gemm``. The target
-design fuses it into the producer of the activation (``kernels.quant_adaln`` emits the
-adaLN-modulated ``h`` already quantized, with its per-token scales), so this standalone
-kernel is the fallback for inputs that no fused producer writes (attention output,
-the SwiGLU hidden state, the time token).
+This is the activation side of the W8A8 GEMMs (``kernels.quant_gemm``). The target
+design fuses it into the producer of the activation (``kernels.adaln.adaln_modulate_quantize``
+emits the adaLN-modulated ``h`` already quantized, with its per-token scales, through
+``codes_of`` below), so this standalone kernel is the fallback for inputs that no fused
+producer writes (attention output, the SwiGLU hidden state, the time token).
 
 Also here: per-output-channel weight quantization (plain PyTorch, done once at load).
 """
@@ -42,7 +42,8 @@ def format_of(dtype: torch.dtype) -> str:
                      f"{[str(d) for d, _ in FORMATS.values()]}")
 
 
-def _check_format(fmt: str) -> tuple[torch.dtype, float]:
+def format_spec(fmt: str) -> tuple[torch.dtype, float]:
+    """(storage dtype, QMAX) of a format name; ValueError naming the known ones otherwise."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown quantization format {fmt!r}; expected one of {list(FORMATS)}")
     return FORMATS[fmt]
@@ -50,7 +51,7 @@ def _check_format(fmt: str) -> tuple[torch.dtype, float]:
 
 def _cast(v: torch.Tensor, fmt: str) -> torch.Tensor:
     """fp32 values already divided by their scale -> storage dtype (clamp, then round)."""
-    dtype, qmax = _check_format(fmt)
+    dtype, qmax = format_spec(fmt)
     v = v.clamp(-qmax, qmax)
     if fmt == "int8":
         v = torch.sign(v) * torch.floor(v.abs() + 0.5)
@@ -59,7 +60,7 @@ def _cast(v: torch.Tensor, fmt: str) -> torch.Tensor:
 
 def quantize_rows_reference(x: torch.Tensor, fmt: str = "fp8_e4m3") -> tuple[torch.Tensor, torch.Tensor]:
     """Plain PyTorch of ``quantize_rows``: (..., K) -> ((..., K) quantized, (...) fp32 scales)."""
-    _, qmax = _check_format(fmt)
+    _, qmax = format_spec(fmt)
     xf = x.float()
     scale = xf.abs().amax(dim=-1).clamp_min(EPS) / qmax
     return _cast(xf / scale[..., None], fmt), scale
@@ -74,7 +75,7 @@ def quantize_per_channel(w: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch
     """
     if w.dim() < 2:
         raise ValueError(f"weight must have an output-channel dim and more, got shape {tuple(w.shape)}")
-    _, qmax = _check_format(fmt)
+    _, qmax = format_spec(fmt)
     wf = w.detach().float()
     scale = wf.abs().flatten(1).amax(dim=1).clamp_min(EPS) / qmax
     view = (-1,) + (1,) * (w.dim() - 1)
@@ -109,6 +110,19 @@ def round_to_e4m3_grid(v):
 
 
 @triton.jit
+def codes_of(x, scale, QMAX: tl.constexpr, IS_INT8: tl.constexpr, FP8_ROUND_FIX: tl.constexpr):
+    """fp32 ``x`` [rows, cols] and its rows' scales [rows] -> fp32 codes ready to cast to
+    the storage dtype: ``x / scale`` clamped to +-QMAX, then rounded as ``_cast`` does
+    (INT8 half away from zero; FP8 onto the e4m3 grid when the cast itself cannot)."""
+    v = tl.minimum(tl.maximum(x / scale[:, None], -QMAX), QMAX)
+    if IS_INT8:
+        v = tl.where(v >= 0, tl.floor(v + 0.5), -tl.floor(-v + 0.5))
+    elif FP8_ROUND_FIX:
+        v = round_to_e4m3_grid(v)
+    return v
+
+
+@triton.jit
 def _quantize_rows_fwd(
     X, Q, S,
     M, K, stride_x,
@@ -136,11 +150,7 @@ def _quantize_rows_fwd(
         cols = k0 + offs
         m = row_ok[:, None] & (cols < K)[None, :]
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(x / scale[:, None], -QMAX), QMAX)
-        if IS_INT8:
-            v = tl.where(v >= 0, tl.floor(v + 0.5), -tl.floor(-v + 0.5))
-        elif FP8_ROUND_FIX:
-            v = round_to_e4m3_grid(v)
+        v = codes_of(x, scale, QMAX, IS_INT8, FP8_ROUND_FIX)
         tl.store(Q + rows[:, None] * K + cols[None, :], v.to(Q.dtype.element_ty), mask=m)
 
 
@@ -161,7 +171,7 @@ def quantize_rows(x: torch.Tensor, fmt: str = "fp8_e4m3") -> tuple[torch.Tensor,
     (``torch.float8_e4m3fn`` or ``torch.int8``), scale (...) fp32 with
     ``x ~= x_q * scale[..., None]``.
     """
-    dtype, qmax = _check_format(fmt)
+    dtype, qmax = format_spec(fmt)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must be (..., K) with K > 0, got shape {tuple(x.shape)}")
     check_float("x", x)

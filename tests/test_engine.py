@@ -454,7 +454,7 @@ def test_custom_ops_pass_opcheck():
     mod = torch.randn(1, 5, 48, generator=g)
     shift, scale, gate = mod.chunk(3, dim=-1)  # strided views, as the block passes them
     torch.library.opcheck(torch.ops.audiox.adaln_modulate.default, (x, shift, scale, 1e-5))
-    w = torch.randn(3, 16, 8, generator=g)
+    w = torch.randn(3, 8, 16, generator=g)  # packed (3, Cout, Cin)
     torch.library.opcheck(torch.ops.audiox.conv1d_k3.default, (x, w, None))
     qkv = torch.randn(1, 5, 3 * 2 * 8, generator=g)
     from audiox_engine.kernels import rope_tables

@@ -26,7 +26,7 @@ from audiox_engine.engine.quantize import (
     quantized_modules,
     set_backend,
 )
-from audiox_engine.kernels.quant_adaln import adaln_modulate_quantize
+from audiox_engine.kernels import adaln_modulate_quantize
 
 # Velocity cosine vs the unquantized model the issue asks for, per config.
 TARGETS = {

@@ -73,7 +73,7 @@ def _bench_case(variant, B, T, cin, cout, dtype, device, quick) -> list[dict]:
     flops = 2.0 * B * T * 3 * cin * cout
     shape = (B, T, cin, cout)
     if variant == "swiglu":
-        w13 = torch.cat([w1p, w3p], dim=-1).flatten(0, 1)  # (3*Cin, 2*Cout)
+        w13 = torch.cat([w1p, w3p], dim=1).transpose(1, 2).flatten(0, 1)  # (3*Cin, 2*Cout)
 
         def unfold_gemm():
             a, b = (_unfold(x) @ w13).chunk(2, dim=-1)

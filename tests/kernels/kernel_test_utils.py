@@ -6,14 +6,23 @@ import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+FP32_EPS = torch.finfo(torch.float32).eps
 
-# (atol, rtol) against an fp32 reference on the same (rounded) inputs. bf16 is loose:
-# one bf16 ulp is 2^-8 relative, and the interpreter truncates fp32->bf16 stores.
-TOLERANCES = {
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (3e-3, 3e-3),
-    torch.bfloat16: (2.5e-2, 2.5e-2),
-}
+
+def tolerance(dtype: torch.dtype, reduction: int = 1, condition: float = 1.0) -> float:
+    """Relative tolerance (and absolute, for O(1) results) of a kernel result in ``dtype``
+    against an fp32 reference computed from the same inputs.
+
+    Two error sources, each bounded from the arithmetic alone (no CPU-specific slack):
+    - the result's rounding to ``dtype``: one ulp, as the interpreter truncates fp32
+      stores, is at most eps(dtype) relative; counted twice for one intermediate rounding;
+    - fp32 arithmetic done in another order or by other library functions: a sum of
+      ``reduction`` terms reassociated moves by at most ~reduction * eps(fp32) of its
+      magnitude; ``condition`` multiplies that where the computation amplifies relative
+      errors of its inputs (e.g. the largest argument of a periodic function).
+    """
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else FP32_EPS
+    return 2 * eps + reduction * condition * FP32_EPS
 
 
 def make_generator(*key) -> torch.Generator:
@@ -34,7 +43,21 @@ def poisoned(*shape, dtype) -> torch.Tensor:
     return torch.full(shape, float("nan"), device=DEVICE, dtype=dtype)
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
+                 reduction: int = 1, condition: float = 1.0, scale: float = 1.0) -> None:
+    """``actual`` finite (no unwritten NaN) and within ``tolerance(dtype, reduction,
+    condition)`` of ``expected``: relative, and absolute times ``scale`` (the magnitude of
+    the results, 1 for O(1) values)."""
     assert torch.isfinite(actual).all(), "output has unwritten (NaN) or non-finite elements"
-    atol, rtol = TOLERANCES[dtype]
-    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+    tol = tolerance(dtype, reduction, condition)
+    torch.testing.assert_close(actual.double(), expected.double(), atol=tol * scale, rtol=tol)
+
+
+def roundtrip_bound(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Per-element error bound of one per-row quantize/dequantize round trip of x (..., K)
+    with row scales (...): half a step for INT8; for FP8 e4m3 half an ulp (2^-4 relative,
+    3 mantissa bits) above 2^-6 * scale and half the subnormal spacing 2^-9 below."""
+    s = scale.double()[..., None]
+    if fmt == "int8":
+        return 0.5 * s * (1 + 1e-5) + 1e-12
+    return torch.maximum(x.double().abs() * 2.0**-4, s * 2.0**-10) * (1 + 1e-5) + 1e-12

@@ -12,7 +12,8 @@ from audiox_engine.kernels import _dispatch
 KERNEL_OBJECTS = [
     ("audiox_engine.kernels.adaln", "_adaln_fwd"),
     ("audiox_engine.kernels.dit_attention", "_dit_attention_fwd"),
-    ("audiox_engine.kernels.conv1d_k3", "_conv1d_k3_fwd"),
+    ("audiox_engine.kernels.implicit_gemm", "_implicit_gemm_fwd"),
+    ("audiox_engine.kernels.quant_rows", "_quantize_rows_fwd"),
     ("audiox_engine.kernels.snake_beta", "_snake_beta_fwd"),
 ]
 
@@ -34,6 +35,9 @@ def _cpu_cases():
     qkv = r(1, 6, 3 * 2 * 8)
     cos, sin = kernels.rope_tables(6, 8)
     w = kernels.pack_conv_weight(r(12, 16, 3))
+    a_q, a_s = kernels.quantize_rows_reference(x, "int8")
+    w_q, w_s = kernels.quantize_per_channel(r(12, 16, 3), "int8")
+    wq = kernels.pack_quant_conv_weight(w_q)
     return [
         (kernels.adaln_modulate, kernels.adaln_modulate_reference, (x, m, m)),
         (kernels.gated_residual_adaln, kernels.gated_residual_adaln_reference,
@@ -44,6 +48,10 @@ def _cpu_cases():
         (kernels.conv1d_k3_gated_residual, kernels.conv1d_k3_gated_residual_reference,
          (x, w, r(2, 5, 12), r(2, 1, 12))),
         (kernels.snake_beta, kernels.snake_beta_reference, (x, r(5), r(5))),
+        (kernels.adaln_modulate_quantize, kernels.adaln_modulate_quantize_reference, (x, m, m, "fp8_e4m3")),
+        (kernels.quantize_rows, kernels.quantize_rows_reference, (x, "int8")),
+        (kernels.scaled_conv1d_k3, kernels.scaled_conv1d_k3_reference, (a_q, a_s, wq, w_s)),
+        (kernels.scaled_mm, kernels.scaled_mm_reference, (x, None, w_q[..., 0].contiguous(), w_s)),
     ]
 
 
