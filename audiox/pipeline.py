@@ -119,6 +119,8 @@ class AudioXPipeline:
         # The release runs the VAE in fp32 whatever the DiT's dtype; the DiT and MAF take `dtype`.
         self.model.model.to(dtype)
         self.model.maf_block.to(dtype)
+        # The Synchformer for video tasks; ``synchformer_source`` says where its weights came
+        # from or, without one, which file a video task would need.
         self.synchformer: Synchformer | None = None
         self.synchformer_source = synchformer_source
         if synchformer is not None:
@@ -156,17 +158,16 @@ class AudioXPipeline:
         otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
         cfg = get_preset(name)
         embedded = os.path.join(EMBEDDED_DIR, name)
-        # A preset without a shipped Synchformer gets one of its size, seeded: video tasks run end to end.
-        seeded = None if find_synchformer(embedded) else Synchformer.seeded(synchformer_config_for(cfg), seed)
-        seeded_source = f"random weights (seed {seed})"
         if os.path.isfile(os.path.join(embedded, "model.safetensors")):
-            pipe = cls.from_pretrained(embedded, device=device, dtype=dtype, synchformer=seeded)
-            if seeded is not None:
-                pipe.synchformer_source = seeded_source
-            return pipe
-        model = _build_untrained(cfg, seed)
-        source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
-        return cls(model, source=source, device=device, dtype=dtype, synchformer=seeded, synchformer_source=seeded_source)
+            pipe = cls.from_pretrained(embedded, device=device, dtype=dtype)
+        else:
+            model = _build_untrained(cfg, seed)
+            source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
+            pipe = cls(model, source=source, device=device, dtype=dtype)
+        if pipe.synchformer is None:
+            # A preset without a shipped Synchformer gets one of its size, seeded: video tasks run end to end.
+            pipe.set_synchformer(Synchformer.seeded(synchformer_config_for(cfg), seed), f"random weights (seed {seed})")
+        return pipe
 
     @classmethod
     def from_pretrained(
@@ -282,22 +283,22 @@ class AudioXPipeline:
         zeros = isinstance(video_sync, str)
         if zeros and video_sync != "zeros":
             raise ValueError(f"video_sync must be a tensor (B, sync_len, D), 'zeros' or None, got {video_sync!r}")
-        if video is None:
-            return None, None if zeros else video_sync
         if zeros:
-            log.warning(ZERO_SYNC_NOTE)
             video_sync = None
-        elif video_sync is None:
-            if not isinstance(video, (str, os.PathLike)):
-                raise ValueError("video given as 5 fps frames: the Synchformer needs the clip at 25 fps; give the "
-                                 "video as a file, or video_sync= (features, or 'zeros' for zero sync features)")
-            if self.synchformer is None:
-                raise MissingSynchformerError(missing_synchformer_message(self.synchformer_source))
-        if not isinstance(video, (str, os.PathLike)):
+            if video is not None:
+                log.warning(ZERO_SYNC_NOTE)
+        is_file = isinstance(video, (str, os.PathLike))
+        compute_sync = video is not None and video_sync is None and not zeros
+        if compute_sync and not is_file:
+            raise ValueError("video given as 5 fps frames: the Synchformer needs the clip at 25 fps; give the "
+                             "video as a file, or video_sync= (features, or 'zeros' for zero sync features)")
+        if compute_sync and self.synchformer is None:
+            raise MissingSynchformerError(missing_synchformer_message(self.synchformer_source))
+        if not is_file:
             return video, video_sync
         cc = self.model.conditioner.config
         clip = dict(seconds_total=self.video_seconds, fps=self.cfg.video_fps, size=cc.clip_image_size)
-        if zeros or video_sync is not None:
+        if not compute_sync:
             return load_video_frames(video, **clip)[None], video_sync
         sc = self.synchformer.config
         frames, sync_frames = load_video_and_sync_frames(video, **clip, sync_fps=sc.fps, sync_size=sc.image_size)

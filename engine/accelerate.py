@@ -4,7 +4,8 @@ Works on any module tree with the release's names (our ``audiox`` models, the of
 ``audiox_turbo`` model object, a pipeline object holding such modules as attributes):
 every DiT found by ``engine.discover`` is replaced at its attribute by an
 ``AcceleratedDiT``, every SnakeBeta by a ``FusedSnakeBeta``, and every Synchformer video
-encoder (``vfeat_extractor``, found by ``engine.synchformer``) by an ``AcceleratedMotionFormer``.
+encoder (a MotionFormer ``vfeat_extractor``, also found by ``engine.discover``) by an
+``AcceleratedMotionFormer``.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from torch import nn
 
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.attention import available_attention_backends, resolve_attention
-from audiox_engine.engine.discover import find_dits, find_snake_betas
+from audiox_engine.engine.discover import find_dits, find_motionformers, find_snake_betas
 from audiox_engine.engine.sampling import EngineSampler
 from audiox_engine.engine.synchformer import (
     AcceleratedMotionFormer,
-    find_motionformers,
     motionformer_layout_problem,
     resolve_sync_attention,
 )

@@ -10,6 +10,9 @@ on pairs (2i, 2i+1), softmax attention with scale 1/sqrt(d), output (B, N, H*d).
   Imported lazily, never required; both are CUDA-only (no CPU kernels), flash-attn
   also needs fp16/bf16.
 - ``sdpa``: norm + RoPE in PyTorch, then ``F.scaled_dot_product_attention``.
+
+``attend_heads`` is the plain q/k/v form of the last three (no norm, no RoPE, q and k
+lengths may differ), used by the Synchformer's attention (``engine.synchformer``).
 """
 
 from __future__ import annotations

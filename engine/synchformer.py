@@ -2,7 +2,7 @@
 
 ``engine.accelerate`` finds every module with the release's MotionFormer layout (the
 ``vfeat_extractor`` of the release's ``Synchformer`` or of ``audiox.synchformer``) by its
-attribute names and puts an ``AcceleratedMotionFormer`` at its attribute. Same call, same
+attribute names (``engine.discover.find_motionformers``) and puts an ``AcceleratedMotionFormer`` at its attribute. Same call, same
 result: segments (B, S, 3, T, H, W) -> features (B, S, t, D).
 
 What changes against the eager module:
@@ -28,47 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiox_engine.engine.attention import attend_heads, available_attention_backends, resolve_attention
+from audiox_engine.engine.discover import MOTIONFORMER_ATTRS, SYNC_BLOCK_PATHS, looks_like_motionformer
 
 __all__ = [
     "AcceleratedMotionFormer",
-    "find_motionformers",
-    "looks_like_motionformer",
     "motionformer_layout_problem",
     "resolve_sync_attention",
 ]
-
-# What makes a module the release's MotionFormer feature extractor ...
-MOTIONFORMER_ATTRS = ("cls_token", "pos_embed", "temp_embed", "patch_embed_3d", "blocks", "norm", "spatial_attn_agg")
-# ... every submodule of a `DividedSpaceTimeBlock` it reads, and of the per-frame aggregation layer.
-BLOCK_PATHS = ("norm1", "attn.qkv", "attn.proj", "timeattn.qkv", "timeattn.proj", "norm2", "mlp.fc1", "mlp.fc2",
-               "norm3")
-AGGREGATION_PATHS = ("self_attn", "linear1", "linear2", "norm1", "norm2")
-
-
-def _has_paths(module: nn.Module, paths) -> bool:
-    try:
-        for p in paths:
-            module.get_submodule(p)
-    except AttributeError:
-        return False
-    return True
-
-
-def looks_like_motionformer(module: nn.Module) -> bool:
-    """True for a module with the release's MotionFormer names (not an accelerated one)."""
-    if getattr(module, "_audiox_engine_accelerated", False):
-        return False
-    if not all(hasattr(module, a) for a in MOTIONFORMER_ATTRS):
-        return False
-    blocks = module.blocks
-    return (isinstance(blocks, nn.ModuleList) and len(blocks) > 0 and all(_has_paths(b, BLOCK_PATHS) for b in blocks)
-            and _has_paths(module.spatial_attn_agg, AGGREGATION_PATHS))
-
-
-def find_motionformers(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(qualified name, module)`` of every MotionFormer in ``root``."""
-    return [(name, m) for name, m in root.named_modules() if looks_like_motionformer(m)]
-
 
 def motionformer_layout_problem(module: nn.Module) -> str | None:
     """Why the engine cannot run this MotionFormer as the release's Synchformer does, or None."""
@@ -115,7 +81,7 @@ class AcceleratedMotionFormer(nn.Module):
         super().__init__()
         if not looks_like_motionformer(motionformer):
             raise ValueError(f"{type(motionformer).__name__} does not have the MotionFormer layout "
-                             f"({', '.join(MOTIONFORMER_ATTRS)}; blocks with {', '.join(BLOCK_PATHS)})")
+                             f"({', '.join(MOTIONFORMER_ATTRS)}; blocks with {', '.join(SYNC_BLOCK_PATHS)})")
         problem = motionformer_layout_problem(motionformer)
         if problem:
             raise ValueError(f"cannot accelerate this MotionFormer: {problem}")
@@ -143,7 +109,7 @@ class AcceleratedMotionFormer(nn.Module):
                 b.float()
             if dtype is not None:
                 self.patch_embed_3d.to(dtype)
-                for m in [b.get_submodule(p) for b in self.blocks for p in BLOCK_PATHS if not p.startswith("norm")]:
+                for m in [b.get_submodule(p) for b in self.blocks for p in SYNC_BLOCK_PATHS if not p.startswith("norm")]:
                     m.to(dtype)
 
     @property

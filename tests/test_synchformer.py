@@ -192,7 +192,7 @@ def test_engine_matches_reference(small_checkpoint, dtype, large):
     _, sd = small_checkpoint
     reference = Synchformer(SMALL)
     reference.load_weights(_large_activation_checkpoint(sd) if large else sd)
-    video = _clip(seed=2)
+    video = _clip(batch=1, frames=24, seed=2)  # 2 segments
     want = reference.encode_video_with_sync(video)
     fast = engine.accelerate(reference, dtype=dtype)
     assert fast is not reference and type(fast.vfeat_extractor).__name__ == "AcceleratedMotionFormer"
