@@ -36,6 +36,7 @@ __all__ = [
     "resolve_sync_attention",
 ]
 
+
 def motionformer_layout_problem(module: nn.Module) -> str | None:
     """Why the engine cannot run this MotionFormer as the release's Synchformer does, or None."""
     temp_agg = getattr(module, "temp_attn_agg", None)
