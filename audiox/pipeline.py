@@ -32,7 +32,8 @@ from .model import AudioXModel, synchformer_config_for
 from .synchformer import Synchformer, sync_pixels
 from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, ReferenceSampler, draw_noise, make_generator
 
-__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "SYNCHFORMER_FILE", "MissingSynchformerError", "find_synchformer"]
+__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "SYNCHFORMER_FILE", "MissingSynchformerError", "find_synchformer",
+           "missing_synchformer_message"]
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,10 @@ class MissingSynchformerError(CheckpointError):
 
 
 def find_synchformer(model_dir: str | os.PathLike) -> str | None:
-    """The Synchformer checkpoint in a model directory laid out as the release: its
-    ``synchformer_state_dict.pth`` or a single ``.safetensors`` in ``synchformer/``; else None."""
-    folder = os.path.join(os.fspath(model_dir), os.path.dirname(SYNCHFORMER_FILE))
-    candidates = [os.path.join(os.fspath(model_dir), SYNCHFORMER_FILE)] + sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    """The Synchformer checkpoint in a model directory laid out as the release:
+    ``synchformer/synchformer_state_dict.pth`` (or the same name as ``.safetensors``); else None."""
+    pth = os.path.join(os.fspath(model_dir), SYNCHFORMER_FILE)
+    candidates = (pth, os.path.splitext(pth)[0] + ".safetensors")
     return next((c for c in candidates if os.path.isfile(c)), None)
 
 

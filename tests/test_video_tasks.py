@@ -16,6 +16,7 @@ from audiox_engine.audiox.pipeline import (
     SYNCHFORMER_FILE,
     AudioXPipeline,
     MissingSynchformerError,
+    find_synchformer,
 )
 from audiox_engine.audiox.synchformer import Synchformer, sync_pixels
 from audiox_engine.cli import main
@@ -144,6 +145,10 @@ def test_checkpoint_from_the_release_layout_or_a_path(pipe, bare_model, clip, tm
     found = AudioXPipeline.from_pretrained(tmp_path / "m")
     assert found.synchformer_source == str(tmp_path / "m" / SYNCHFORMER_FILE)
     torch.testing.assert_close(_features_by_hand(found, clip), want, rtol=0, atol=0)
+    (tmp_path / "st" / "synchformer").mkdir(parents=True)
+    (tmp_path / "st" / "synchformer" / "synchformer_state_dict.safetensors").write_bytes(b"")
+    assert find_synchformer(tmp_path / "st") == str(tmp_path / "st" / "synchformer" / "synchformer_state_dict.safetensors")
+    assert find_synchformer(tmp_path) is None
 
 
 def test_accelerated_pipeline_computes_the_same_sync_features(pipe, clip):
