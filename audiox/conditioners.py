@@ -256,8 +256,9 @@ class CLIPWithSyncWithEmptyFeatureConditioner(nn.Module):
     """Video frames (+ Synchformer features) -> (tokens (B, 128, 768), mask (B, 128)).
 
     frames: (B, T=50, 3, 224, 224), pixel values in [0, 255] (uint8 or float), 5 fps.
-    sync: (B, 240, 768) Synchformer features, or None for zeros (the release's value when it
-    has none). A clip whose frames are all exactly zero is "no video" and gets the learned
+    sync: (B, 240, 768) Synchformer features of the same clip at 25 fps (``audiox.synchformer``;
+    the pipeline computes them), or None for zeros (the release's value when there is no
+    video). A clip whose frames are all exactly zero is "no video" and gets the learned
     `empty_visual_feat`, as in the release.
     """
 

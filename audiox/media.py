@@ -6,6 +6,8 @@ Both return exactly what the conditioners take:
   other sample rates are resampled instead of being read as if they were 44.1 kHz).
 - `load_video_frames`: (50, 3, 224, 224) uint8, the release's frame pick (every
   ceil(fps / 5)-th frame from the start time, last frame repeated up to 50).
+- `load_video_and_sync_frames`: those, and the Synchformer's (250, 3, 224, 224) uint8 at
+  25 fps with the same rule, from one decode pass.
 
 Known, small differences from the release's readers (decord + torchvision): the YUV->RGB
 conversion and the antialiased bilinear resize of uint8 frames may differ by a unit in the
@@ -137,18 +139,28 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def load_video_frames(path: str | os.PathLike, seconds_start: float = 0.0, seconds_total: float = 10.0,
-                      fps: int = 5, size: int = 224) -> torch.Tensor:
-    """Frames for the video conditioner: (round(fps * seconds_total), 3, size, size) uint8.
+def _frame_pick(rate: float | None, fps: int, seconds_start: float, seconds_total: float) -> tuple[int, int, int]:
+    """The release's pick at ``fps`` from a source at ``rate`` frames/s: (first, step, count).
 
-    The release's pick: with the file's average frame rate r, take every ceil(r / fps)-th
-    decoded frame from frame int(seconds_start * r); pad with the last frame (or cut) to
-    fps * seconds_total frames. Images (png, jpg) decode as one frame and are repeated.
+    Every ceil(rate / fps)-th frame from frame int(seconds_start * rate), count = fps *
+    seconds_total; an unknown rate (a still image) counts as ``fps``.
+    """
+    rate = rate or float(fps)
+    count = int(fps * seconds_total + 1e-9)  # 25 * 0.8 s is 20 frames, not 19.999...
+    return int(seconds_start * rate), max(1, math.ceil(rate / fps)), count
+
+
+def _decode_picks(path: str | os.PathLike, seconds_start: float, seconds_total: float,
+                  picks: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """One decode pass of the file's first video stream, picking frames for several rates.
+
+    picks: (fps, size) pairs; returns, for each, (fps * seconds_total, 3, size, size)
+    uint8: the picked frames resized (antialiased bilinear), then the last one repeated
+    up to the count (or cut), as the release's ``read_video``.
     """
     import av
 
     path = _check_file(path, "video")
-    n_out = int(fps * seconds_total)
     try:
         container = av.open(path)
     except Exception as e:
@@ -158,22 +170,53 @@ def load_video_frames(path: str | os.PathLike, seconds_start: float = 0.0, secon
             raise MediaError(f"video file {path!r} has no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
-        rate = float(rate) if rate else float(fps)
-        first = int(seconds_start * rate)
-        step = max(1, math.ceil(rate / fps))
-        stop = first + n_out * step
-        frames = []
+        plans = [_frame_pick(float(rate) if rate else None, fps, seconds_start, seconds_total) for fps, _ in picks]
+        stop = max(first + count * step for first, step, count in plans)
+        frames: list[list[torch.Tensor]] = [[] for _ in picks]
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if index >= stop:
                     break
-                if index >= first and (index - first) % step == 0:
-                    frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                rgb = None
+                for (first, step, count), (_, size), out in zip(plans, picks, frames):
+                    if first <= index < first + count * step and (index - first) % step == 0:
+                        if rgb is None:
+                            rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+                        out.append(resize_frames(rgb, size)[0])
         except Exception as e:
             raise MediaError(f"cannot decode video file {path!r}: {e}") from e
-    if not frames:
+    if not all(frames):
         raise MediaError(f"video file {path!r} has no frames at or after {seconds_start} s")
-    video = resize_frames(torch.stack(frames).permute(0, 3, 1, 2).contiguous(), size)
-    if video.shape[0] < n_out:
-        video = torch.cat([video, video[-1:].expand(n_out - video.shape[0], -1, -1, -1)])
-    return video[:n_out].contiguous()
+    videos = []
+    for (_, _, count), out in zip(plans, frames):
+        video = torch.stack(out)
+        if video.shape[0] < count:
+            video = torch.cat([video, video[-1:].expand(count - video.shape[0], -1, -1, -1)])
+        videos.append(video[:count].contiguous())
+    return videos
+
+
+def load_video_frames(path: str | os.PathLike, seconds_start: float = 0.0, seconds_total: float = 10.0,
+                      fps: int = 5, size: int = 224) -> torch.Tensor:
+    """Frames for the video conditioner: (fps * seconds_total, 3, size, size) uint8.
+
+    The release's pick: with the file's average frame rate r, take every ceil(r / fps)-th
+    decoded frame from frame int(seconds_start * r); pad with the last frame (or cut) to
+    fps * seconds_total frames. Images (png, jpg) decode as one frame and are repeated.
+    """
+    return _decode_picks(path, seconds_start, seconds_total, [(fps, size)])[0]
+
+
+def load_video_and_sync_frames(path: str | os.PathLike, seconds_start: float = 0.0, seconds_total: float = 10.0,
+                               fps: int = 5, size: int = 224, sync_fps: int = 25,
+                               sync_size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLIP frames and the Synchformer frames of one clip, in one decode pass.
+
+    Returns (frames (fps * seconds_total, 3, size, size), sync frames (sync_fps *
+    seconds_total, 3, sync_size, sync_size)), both uint8, each picked as
+    :func:`load_video_frames` does at its own rate: the release reads the clip twice, at
+    5 fps for CLIP and at 25 fps for the Synchformer (every ceil(r / 25)-th source frame,
+    so a 30 fps clip gives 15 distinct frames per second, the last one repeating to 250).
+    """
+    frames, sync = _decode_picks(path, seconds_start, seconds_total, [(fps, size), (sync_fps, sync_size)])
+    return frames, sync

@@ -20,9 +20,10 @@ from .config import AudioXConfig
 from .dit import MMDiffusionTransformer, MMDiTWrapper
 from .maf import MAF_Block, fuse_modalities
 from .pretransform import AutoencoderPretransform
+from .synchformer import SynchformerConfig
 from .vae import VAEConfig
 
-__all__ = ["AudioXModel", "vae_config_for", "conditioner_config_for"]
+__all__ = ["AudioXModel", "vae_config_for", "conditioner_config_for", "synchformer_config_for"]
 
 COND_IDS = ("video_prompt", "text_prompt", "audio_prompt")
 
@@ -57,6 +58,11 @@ def conditioner_config_for(cfg: AudioXConfig) -> ConditionerConfig:
     cc = ConditionerConfig.full()
     cc.vae = vae_config_for(cfg)
     return cc
+
+
+def synchformer_config_for(cfg: AudioXConfig) -> SynchformerConfig:
+    """The Synchformer that feeds this model's video conditioner (not part of its checkpoint)."""
+    return SynchformerConfig.tiny() if cfg.conditioning.get("preset") == "tiny" else SynchformerConfig.full()
 
 
 class AudioXModel(nn.Module):

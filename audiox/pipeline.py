@@ -7,6 +7,12 @@ Two modes: ``"turbo"`` (the DMD student: 4 steps, no CFG) and ``"teacher"`` (Eul
 batched CFG, release defaults 250 steps at cfg 6). Generation always runs the model's
 full 10 s latent (the release's DiT has a fixed 237-token length); the waveform is cropped
 to ``seconds`` and peak-normalised, as the release does.
+
+Video tasks: the release conditions on CLIP features of the clip at 5 fps plus Synchformer
+features of the same clip at 25 fps, and refuses video without the Synchformer checkpoint
+(``synchformer/synchformer_state_dict.pth`` in the model directory, or ``synchformer=``).
+So does the pipeline, unless the caller passes precomputed features (``video_sync=tensor``)
+or asks for zero features (``video_sync="zeros"``, not the release's conditioning).
 """
 
 from __future__ import annotations
@@ -22,16 +28,42 @@ import torch
 
 from .checkpoint import CheckpointError, LoadReport, load_into
 from .config import AudioXConfig, ConfigError, get_preset, load_model_config
-from .model import AudioXModel
+from .model import AudioXModel, synchformer_config_for
+from .synchformer import Synchformer, sync_pixels
 from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, ReferenceSampler, draw_noise, make_generator
 
-__all__ = ["AudioXPipeline", "EMBEDDED_DIR"]
+__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "SYNCHFORMER_FILE", "MissingSynchformerError", "find_synchformer",
+           "missing_synchformer_message"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "assets")
 # Storage dtypes ``save_pretrained`` accepts for the parameters, by name (the recipe's export_dtype).
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Where the release keeps the Synchformer, relative to the model directory.
+SYNCHFORMER_FILE = os.path.join("synchformer", "synchformer_state_dict.pth")
+ZERO_SYNC_NOTE = ("zero sync features (--zero-sync / video_sync='zeros'): the video is conditioned on zeros in "
+                  "place of its Synchformer features, which is not the release's conditioning (it computes them "
+                  "from the clip at 25 fps)")
+
+
+class MissingSynchformerError(CheckpointError):
+    """A video task without the Synchformer checkpoint (and without an explicit alternative)."""
+
+
+def find_synchformer(model_dir: str | os.PathLike) -> str | None:
+    """The Synchformer checkpoint in a model directory laid out as the release:
+    ``synchformer/synchformer_state_dict.pth`` (or the same name as ``.safetensors``); else None."""
+    pth = os.path.join(os.fspath(model_dir), SYNCHFORMER_FILE)
+    candidates = (pth, os.path.splitext(pth)[0] + ".safetensors")
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def missing_synchformer_message(expected: str | None) -> str:
+    where = f"{expected} not found" if expected else "this pipeline has none"
+    return (f"video tasks need the Synchformer checkpoint ({where}): put the release's "
+            f"synchformer_state_dict.pth there, or give its path (--synchformer PATH / synchformer=PATH); "
+            f"--zero-sync / video_sync='zeros' runs with zero sync features, which is not the release's conditioning")
 
 
 @dataclass
@@ -75,7 +107,8 @@ def _load_text_encoder(t5_dir: str, output_dim: int):
 
 
 class AudioXPipeline:
-    def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32):
+    def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32,
+                 synchformer: Synchformer | None = None, synchformer_source: str | None = None):
         self.model = model.eval()
         self.cfg: AudioXConfig = model.cfg
         self.source = source
@@ -87,6 +120,33 @@ class AudioXPipeline:
         # The release runs the VAE in fp32 whatever the DiT's dtype; the DiT and MAF take `dtype`.
         self.model.model.to(dtype)
         self.model.maf_block.to(dtype)
+        # The Synchformer for video tasks; ``synchformer_source`` says where its weights came
+        # from or, without one, which file a video task would need.
+        self.synchformer: Synchformer | None = None
+        self.synchformer_source = synchformer_source
+        if synchformer is not None:
+            self.set_synchformer(synchformer, synchformer_source or "given module")
+
+    def set_synchformer(self, synchformer: Synchformer, source: str) -> None:
+        """Use ``synchformer`` for video tasks (fp32, as the release runs it); ``source`` says
+        where its weights came from. Its features must fit the video conditioner."""
+        sc, cc = synchformer.config, self.model.conditioner.config
+        frames = int(sc.fps * self.video_seconds + 1e-9)
+        if (sc.num_features(frames), sc.width) != (cc.sync_len, cc.cond_dim):
+            raise ConfigError(
+                f"the Synchformer gives {sc.num_features(frames)} x {sc.width} features for a {self.video_seconds:g} s "
+                f"clip at {sc.fps} fps; this model's video conditioner takes {cc.sync_len} x {cc.cond_dim}")
+        self.synchformer = synchformer.to(self.device, torch.float32).eval()
+        self.synchformer_source = source
+
+    def load_synchformer(self, path: str | os.PathLike) -> None:
+        """Load the release's ``synchformer_state_dict.pth`` (or a ``.safetensors``) for video tasks."""
+        self.set_synchformer(*_load_synchformer(path, self.cfg))
+
+    @property
+    def video_seconds(self) -> float:
+        """The length of clip the video conditioner reads (10 s in the release)."""
+        return self.model.conditioner.config.video_frames / self.cfg.video_fps
 
     # ------------------------------------------------------------------ construction
     @property
@@ -100,10 +160,15 @@ class AudioXPipeline:
         cfg = get_preset(name)
         embedded = os.path.join(EMBEDDED_DIR, name)
         if os.path.isfile(os.path.join(embedded, "model.safetensors")):
-            return cls.from_pretrained(embedded, device=device, dtype=dtype)
-        model = _build_untrained(cfg, seed)
-        source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
-        return cls(model, source=source, device=device, dtype=dtype)
+            pipe = cls.from_pretrained(embedded, device=device, dtype=dtype)
+        else:
+            model = _build_untrained(cfg, seed)
+            source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
+            pipe = cls(model, source=source, device=device, dtype=dtype)
+        if pipe.synchformer is None:
+            # A preset without a shipped Synchformer gets one of its size, seeded: video tasks run end to end.
+            pipe.set_synchformer(Synchformer.seeded(synchformer_config_for(cfg), seed), f"random weights (seed {seed})")
+        return pipe
 
     @classmethod
     def from_pretrained(
@@ -114,6 +179,7 @@ class AudioXPipeline:
         dtype=torch.float32,
         t5_dir: str | os.PathLike | None = None,
         strict: bool = True,
+        synchformer: str | os.PathLike | Synchformer | None = None,
     ) -> "AudioXPipeline":
         """Load a model directory laid out as the release (or as ``save_pretrained`` writes):
 
@@ -123,7 +189,10 @@ class AudioXPipeline:
           or a single ``*.ckpt`` / ``*.safetensors``);
         - optionally the VAE (``pretransform/vae.ckpt``) when the student file lacks it;
         - optionally a local T5 directory (``t5_dir`` or ``<path>/t5-base``); without one a
-          random T5 of the configured size with the offline tokenizer stands in, with a warning.
+          random T5 of the configured size with the offline tokenizer stands in, with a warning;
+        - the Synchformer for video tasks: ``synchformer`` (a checkpoint path or a
+          ``Synchformer``), else ``<path>/synchformer/synchformer_state_dict.pth`` if present;
+          without one, video tasks are refused (text / audio tasks do not need it).
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -151,13 +220,24 @@ class AudioXPipeline:
         _check_report(report, ckpt, strict)
         meta = _read_meta(path)
         source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
-        return cls(model, source=source, device=device, dtype=dtype)
+        if isinstance(synchformer, Synchformer):
+            encoder, encoder_source = synchformer, "given module"
+        else:
+            file = synchformer if synchformer is not None else find_synchformer(path)
+            if file is None:
+                encoder, encoder_source = None, os.path.join(path, SYNCHFORMER_FILE)  # what a video task would need
+            else:
+                encoder, encoder_source = _load_synchformer(file, cfg)
+        return cls(model, source=source, device=device, dtype=dtype, synchformer=encoder,
+                   synchformer_source=encoder_source)
 
     def save_pretrained(self, path: str | os.PathLike, description: str = "", text_encoder: bool = True,
-                        weights_dtype: torch.dtype = torch.float32) -> None:
+                        weights_dtype: torch.dtype = torch.float32, synchformer: bool = True) -> None:
         """Write ``model_config.json``, ``model.safetensors`` (everything but T5, as the release's
         checkpoint; parameters stored as ``weights_dtype``, buffers as float32, all loaded back as
-        the pipeline's dtype) and, with ``text_encoder``, the T5 encoder and its tokenizer in ``t5-base/``."""
+        the pipeline's dtype), with ``text_encoder`` the T5 encoder and its tokenizer in ``t5-base/``,
+        and with ``synchformer`` the Synchformer in the release's ``synchformer/synchformer_state_dict.pth``
+        (float32)."""
         from .checkpoint import save_safetensors
 
         if weights_dtype not in WEIGHT_DTYPES.values():
@@ -181,28 +261,72 @@ class AudioXPipeline:
         save_safetensors(sd, os.path.join(path, "model.safetensors"), metadata={"config_name": self.cfg.name})
         with open(os.path.join(path, "meta.json"), "w", encoding="utf-8") as f:
             json.dump({"description": description or self.source.detail}, f)
+        if synchformer and self.synchformer is not None:
+            from ._io import atomic_path
+
+            target = os.path.join(path, SYNCHFORMER_FILE)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with atomic_path(target, suffix=".pth") as tmp:
+                torch.save({k: v.detach().float().cpu() for k, v in self.synchformer.state_dict().items()}, tmp)
 
     # ------------------------------------------------------------------ generation
+    def sync_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Synchformer features of frames (B, T, 3, H, W) in [0, 255] at 25 fps -> (B, sync_len, D)."""
+        if self.synchformer is None:
+            raise MissingSynchformerError(missing_synchformer_message(self.synchformer_source))
+        return self.synchformer.encode_video_with_sync(sync_pixels(frames.to(self.device)))
+
+    def _video_inputs(self, video, video_sync):
+        """(video, video_sync) as the conditioner takes them: frames (B, T, 3, H, W) or None, and
+        Synchformer features (B, sync_len, D) or None for zeros. Refuses before decoding anything."""
+        from .media import load_video_and_sync_frames, load_video_frames
+
+        zeros = isinstance(video_sync, str)
+        if zeros and video_sync != "zeros":
+            raise ValueError(f"video_sync must be a tensor (B, sync_len, D), 'zeros' or None, got {video_sync!r}")
+        if zeros:
+            video_sync = None
+            if video is not None:
+                log.warning(ZERO_SYNC_NOTE)
+        is_file = isinstance(video, (str, os.PathLike))
+        compute_sync = video is not None and video_sync is None and not zeros
+        if compute_sync and not is_file:
+            raise ValueError("video given as 5 fps frames: the Synchformer needs the clip at 25 fps; give the "
+                             "video as a file, or video_sync= (features, or 'zeros' for zero sync features)")
+        if compute_sync and self.synchformer is None:
+            raise MissingSynchformerError(missing_synchformer_message(self.synchformer_source))
+        if not is_file:
+            return video, video_sync
+        cc = self.model.conditioner.config
+        clip = dict(seconds_total=self.video_seconds, fps=self.cfg.video_fps, size=cc.clip_image_size)
+        if not compute_sync:
+            return load_video_frames(video, **clip)[None], video_sync
+        sc = self.synchformer.config
+        frames, sync_frames = load_video_and_sync_frames(video, **clip, sync_fps=sc.fps, sync_size=sc.image_size)
+        return frames[None], self.sync_features(sync_frames[None])
+
     def encode_conditioning(
         self,
         text: str | Sequence[str] | None = None,
         video: str | os.PathLike | torch.Tensor | None = None,
-        video_sync: torch.Tensor | None = None,
+        video_sync: torch.Tensor | str | None = None,
         audio: str | os.PathLike | torch.Tensor | None = None,
         batch_size: int | None = None,
         generator: torch.Generator | None = None,
         mask_audio_prompt: bool = True,
     ) -> torch.Tensor:
-        """Any subset of text / video / audio -> ``cross_attn_cond`` (B, 384, D) (conditioners + MAF)."""
-        from .media import load_audio_prompt, load_video_frames
+        """Any subset of text / video / audio -> ``cross_attn_cond`` (B, 384, D) (conditioners + MAF).
+
+        video_sync: Synchformer features (B, sync_len, D); None computes them from the video
+        file with the pipeline's Synchformer (refused without one); ``"zeros"`` uses zero
+        features (a warning says so: not the release's conditioning).
+        """
+        from .media import load_audio_prompt
 
         cc = self.model.conditioner.config
         if isinstance(text, str):
             text = [text]
-        if isinstance(video, (str, os.PathLike)):
-            video = load_video_frames(
-                video, seconds_total=cc.video_frames / self.cfg.video_fps, fps=self.cfg.video_fps, size=cc.clip_image_size
-            )[None]
+        video, video_sync = self._video_inputs(video, video_sync)
         if isinstance(audio, (str, os.PathLike)):
             audio = load_audio_prompt(
                 audio, sample_rate=self.cfg.sample_rate, seconds_total=cc.audio_prompt_samples / self.cfg.sample_rate
@@ -221,7 +345,7 @@ class AudioXPipeline:
         text: str | Sequence[str] | None = None,
         *,
         video: str | os.PathLike | torch.Tensor | None = None,
-        video_sync: torch.Tensor | None = None,
+        video_sync: torch.Tensor | str | None = None,
         audio: str | os.PathLike | torch.Tensor | None = None,
         seconds: float | None = None,
         steps: int | None = None,
@@ -271,6 +395,14 @@ class AudioXPipeline:
             audio = audio[..., : int(round(seconds * self.cfg.sample_rate))]
         peak = audio.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
         return (audio / peak).clamp(-1, 1)
+
+
+def _load_synchformer(file: str | os.PathLike, cfg: AudioXConfig) -> tuple[Synchformer, str]:
+    """(the Synchformer for ``cfg`` with the weights of ``file``, the file)."""
+    file = os.fspath(file)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"Synchformer checkpoint not found: {file}")
+    return Synchformer.from_file(file, synchformer_config_for(cfg)), file
 
 
 def _find_one(root: str, patterns: list[str], what: str) -> str:

@@ -2,6 +2,7 @@
 
     audiox generate --prompt "a dog barking" -o dog.wav          # embedded default model
     audiox generate --prompt "..." --video clip.mp4 --model checkpoints/ --seed 1 -o out.wav
+    audiox generate --video clip.mp4 --model checkpoints/ --synchformer synchformer_state_dict.pth -o out.wav
     audiox bench --suite headline --smoke --out results.json
     audiox bench report results.json --md BENCHMARKS.md
     audiox profile --out trace.json
@@ -30,8 +31,12 @@ class UsageError(Exception):
 def _build_generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate audio from text / video / audio prompts")
     p.add_argument("--prompt", "-p", default=None, help="text prompt")
-    p.add_argument("--video", default=None, help="video file (decoded at 5 fps, 224x224)")
-    p.add_argument("--video-sync", default=None, help="Synchformer features (240x768) as .safetensors or .pt")
+    p.add_argument("--video", default=None, help="video file (decoded at 5 fps for CLIP and 25 fps for the Synchformer)")
+    p.add_argument("--video-sync", default=None, help="precomputed Synchformer features (240x768) as .safetensors or .pt")
+    p.add_argument("--synchformer", default=None, metavar="PATH",
+                   help="Synchformer checkpoint for video tasks (default: <model>/synchformer/synchformer_state_dict.pth)")
+    p.add_argument("--zero-sync", action="store_true",
+                   help="run a video task without the Synchformer, on zero sync features (not the release's conditioning)")
     p.add_argument("--audio", default=None, help="audio prompt file (any format soundfile reads)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a model directory or a preset name (default: %(default)s)")
     p.add_argument("--t5", default=None, help="local T5 directory (t5-base) for real text conditioning")
@@ -65,10 +70,27 @@ def _load_pipeline(args):
 
     dtype = getattr(torch, args.dtype)
     if os.path.isdir(args.model):
-        return AudioXPipeline.from_pretrained(args.model, device=args.device, dtype=dtype, t5_dir=args.t5)
+        return AudioXPipeline.from_pretrained(args.model, device=args.device, dtype=dtype, t5_dir=args.t5,
+                                              synchformer=args.synchformer)
     if args.model in PRESETS:
-        return AudioXPipeline.from_preset(args.model, device=args.device, dtype=dtype)
+        pipe = AudioXPipeline.from_preset(args.model, device=args.device, dtype=dtype)
+        if args.synchformer is not None:
+            pipe.load_synchformer(args.synchformer)
+        return pipe
     raise UsageError(f"--model {args.model!r} is neither a directory nor a preset ({', '.join(sorted(PRESETS))})")
+
+
+def _check_video_sync(args) -> None:
+    """Refuse a video task that would need a Synchformer checkpoint the model directory lacks,
+    before anything is loaded; an explicit choice of sync features is exclusive."""
+    from audiox_engine.audiox.pipeline import SYNCHFORMER_FILE, find_synchformer, missing_synchformer_message
+
+    if args.zero_sync and args.video_sync is not None:
+        raise UsageError("give either --video-sync or --zero-sync, not both")
+    needs_synchformer = args.video is not None and args.video_sync is None and not args.zero_sync
+    if needs_synchformer and args.synchformer is None and os.path.isdir(args.model) \
+            and find_synchformer(args.model) is None:
+        raise UsageError(missing_synchformer_message(os.path.join(args.model, SYNCHFORMER_FILE)))
 
 
 def _read_sync(path: str | None):
@@ -94,9 +116,11 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--seconds must be in (0, 10], got {args.seconds:g}")
     if args.batch < 1:
         raise UsageError(f"--batch must be >= 1, got {args.batch}")
-    for flag, path in (("--video", args.video), ("--audio", args.audio), ("--video-sync", args.video_sync)):
+    for flag, path in (("--video", args.video), ("--audio", args.audio), ("--video-sync", args.video_sync),
+                       ("--synchformer", args.synchformer)):
         if path is not None and not os.path.isfile(path):
             raise UsageError(f"{flag}: file not found: {path}")
+    _check_video_sync(args)
     outputs = _output_paths(args.output, args.batch)
     for out in outputs:
         if os.path.exists(out) and not args.force:
@@ -119,7 +143,7 @@ def cmd_generate(args) -> int:
     wave, sr = pipe(
         text,
         video=args.video,
-        video_sync=_read_sync(args.video_sync),
+        video_sync="zeros" if args.zero_sync else _read_sync(args.video_sync),
         audio=args.audio,
         seconds=args.seconds,
         steps=args.steps,

@@ -3,7 +3,9 @@
 Works on any module tree with the release's names (our ``audiox`` models, the official
 ``audiox_turbo`` model object, a pipeline object holding such modules as attributes):
 every DiT found by ``engine.discover`` is replaced at its attribute by an
-``AcceleratedDiT``, and every SnakeBeta by a ``FusedSnakeBeta``.
+``AcceleratedDiT``, every SnakeBeta by a ``FusedSnakeBeta``, and every Synchformer video
+encoder (a MotionFormer ``vfeat_extractor``, also found by ``engine.discover``) by an
+``AcceleratedMotionFormer``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from torch import nn
 
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.attention import available_attention_backends, resolve_attention
-from audiox_engine.engine.discover import find_dits, find_snake_betas, replace_module
+from audiox_engine.engine.discover import find_dits, find_motionformers, find_snake_betas, replace_module
 from audiox_engine.engine.sampling import EngineSampler
+from audiox_engine.engine.synchformer import (
+    AcceleratedMotionFormer,
+    motionformer_layout_problem,
+    resolve_sync_attention,
+)
 from audiox_engine.engine.vae import FusedSnakeBeta, swap_snake_betas
 
 __all__ = ["accelerate", "describe", "BACKENDS"]
@@ -57,10 +64,23 @@ def _module_slots(root) -> list[tuple[object, str | None, nn.Module]]:
     return slots
 
 
+def _replace(owner, attr: str | None, module: nn.Module, name: str, new: nn.Module) -> bool:
+    """Put ``new`` where ``module.<name>`` was (or at the owner's attribute when ``name`` is the
+    slot itself); False when the slot is the root given to ``accelerate``, which the caller returns."""
+    if name:
+        replace_module(module, name, new)
+    elif owner is not None:
+        setattr(owner, attr, new)
+    else:
+        return False
+    return True
+
+
 def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype | None = torch.bfloat16,
                cuda_graphs: bool = True, inplace: bool = False, attention: str = "auto",
-               vae: bool = True, vae_dtype: torch.dtype | None = None):
-    """Swap every AudioX DiT for an ``AcceleratedDiT`` and every SnakeBeta for the fused op.
+               vae: bool = True, vae_dtype: torch.dtype | None = None, synchformer: bool = True):
+    """Swap every AudioX DiT for an ``AcceleratedDiT``, every SnakeBeta for the fused op and
+    every Synchformer video encoder for an ``AcceleratedMotionFormer``.
 
     backend: ``"triton"`` (our kernels; on CPU only under ``TRITON_INTERPRET=1``),
     ``"reference"`` (eager PyTorch, still with the hoisted prepare/step structure), or
@@ -69,6 +89,8 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
     ``"triton"``, ``"flash"``, ``"xformers"`` or ``"sdpa"``. cuda_graphs: allow
     ``engine.sample_turbo``/``sample_teacher`` to capture CUDA graphs (CUDA only).
     vae / vae_dtype: swap SnakeBetas; cast modules that contain them to ``vae_dtype``.
+    synchformer: swap Synchformer encoders (matmuls in ``dtype``, residual stream and norms in
+    fp32; attention ``"auto"``/``"triton"`` there means the best of flash / xformers / sdpa).
 
     inplace=False (default) works on a ``copy.deepcopy`` and leaves the argument untouched;
     inplace=True swaps inside the given object (its DiT is cast to ``dtype``, its blocks are
@@ -86,7 +108,7 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
     root = model_or_pipeline if inplace else copy.deepcopy(model_or_pipeline)
 
     result = root
-    n_dits = n_snakes = 0
+    n_dits = n_snakes = n_sync = 0
     fell_back = False
     for owner, attr, module in _module_slots(root):
         for name, dit in find_dits(module):
@@ -102,11 +124,17 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
                 attn = resolve_attention(attention, device, param.dtype, triton_ok=chosen == "triton")
             accel = AcceleratedDiT(dit, chosen, attn, cuda_graphs=cuda_graphs and device.type == "cuda")
             n_dits += 1
-            if name:
-                replace_module(module, name, accel)
-            elif owner is not None:
-                setattr(owner, attr, accel)
-            else:
+            if not _replace(owner, attr, module, name, accel):
+                result = accel
+        for name, encoder in find_motionformers(module) if synchformer else ():
+            problem = motionformer_layout_problem(encoder)
+            if problem:
+                logger.info("engine.accelerate: skipped %s: %s", name, problem)
+                continue
+            sync_attn = resolve_sync_attention(attention, encoder.cls_token.device, dtype or encoder.cls_token.dtype)
+            accel = AcceleratedMotionFormer(encoder, dtype, sync_attn)
+            n_sync += 1
+            if not _replace(owner, attr, module, name, accel):
                 result = accel
         if vae:
             snake_device = None
@@ -124,12 +152,12 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
                     logger.info("engine.accelerate: skipped %s", why)
     if n_dits and not isinstance(root, nn.Module) and hasattr(root, "sampler"):
         root.sampler = EngineSampler()  # the pipeline's sampling slot: prepare once, CUDA graphs on GPU
-    if n_dits == 0 and n_snakes == 0:
+    if n_dits == 0 and n_snakes == 0 and n_sync == 0:
         raise ValueError(
             "engine.accelerate found no AudioX DiT (a module with transformer.layers[i] blocks having "
             "norm1, attn.qkv, cross_attn.to_kv, linear1, ffn.w1/w2/w3, adaLN_modulation.1 and "
-            "timestep_features, to_timestep_embed, preprocess_conv, postprocess_conv) and no SnakeBeta "
-            f"in {type(model_or_pipeline).__name__}")
+            "timestep_features, to_timestep_embed, preprocess_conv, postprocess_conv), no SnakeBeta and no "
+            f"Synchformer (a vfeat_extractor with blocks[i].timeattn) in {type(model_or_pipeline).__name__}")
     if fell_back:
         logger.warning("engine.accelerate: the model is on CPU, so backend='auto' uses the eager reference "
                        "backend (move it to CUDA first, or pass backend='triton' with TRITON_INTERPRET=1 to "
@@ -158,7 +186,7 @@ def _walk(root):
 
 def describe(model) -> dict:
     """What ``accelerate`` swapped and which backends run: a JSON-friendly dict."""
-    dits, snakes = [], {}
+    dits, snakes, syncs = [], {}, []
     for name, m in _walk(model):
         if isinstance(m, AcceleratedDiT):
             dits.append({
@@ -179,9 +207,22 @@ def describe(model) -> dict:
             })
         elif isinstance(m, FusedSnakeBeta):
             snakes[m.backend] = snakes.get(m.backend, 0) + 1
+        elif isinstance(m, AcceleratedMotionFormer):
+            syncs.append({
+                "path": name,
+                "blocks": m.depth,
+                "width": m.dim,
+                "heads": f"{m.num_heads}x{m.dim // m.num_heads}",
+                "attention": m.attention,
+                "dtype": str(m.dtype).replace("torch.", ""),
+                "device": str(m.device),
+                "fp32": ["residual stream", "LayerNorms", "position embeddings", "aggregation CLS row"],
+                "attention_available": available_attention_backends(m.device, m.dtype, triton_ok=False),
+            })
     return {
-        "accelerated": bool(dits or snakes),
+        "accelerated": bool(dits or snakes or syncs),
         "dits": dits,
         "snake_beta": snakes,
+        "synchformers": syncs,
         "cuda": torch.cuda.is_available(),
     }

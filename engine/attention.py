@@ -10,6 +10,9 @@ on pairs (2i, 2i+1), softmax attention with scale 1/sqrt(d), output (B, N, H*d).
   Imported lazily, never required; both are CUDA-only (no CPU kernels), flash-attn
   also needs fp16/bf16.
 - ``sdpa``: norm + RoPE in PyTorch, then ``F.scaled_dot_product_attention``.
+
+``attend_heads`` is the plain q/k/v form of the last three (no norm, no RoPE, q and k
+lengths may differ), used by the Synchformer's attention (``engine.synchformer``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ __all__ = [
     "resolve_attention",
     "qk_rms_norm_rope",
     "attend",
+    "attend_heads",
 ]
 
 ATTENTION_BACKENDS = ("auto", "triton", "flash", "xformers", "sdpa")
@@ -94,6 +98,24 @@ def _split(qkv: torch.Tensor, num_heads: int, cos, sin, eps):
     return qk_rms_norm_rope(q, cos, sin, eps), qk_rms_norm_rope(k, cos, sin, eps), v
 
 
+def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """Softmax attention, scale 1/sqrt(d), no mask: q (B, Nq, H, d), k and v (B, Nk, H, d) ->
+    (B, Nq, H, d) with ``backend`` (``flash``, ``xformers`` or ``sdpa``)."""
+    if backend == "flash":
+        from flash_attn import flash_attn_func  # lazily: optional dependency
+
+        return flash_attn_func(q, k, v.contiguous())
+    if backend == "xformers":
+        from xformers.ops import memory_efficient_attention  # lazily: optional dependency
+
+        return memory_efficient_attention(q.contiguous(), k.contiguous(), v.contiguous())
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).contiguous()
+        ).transpose(1, 2)
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
 def attend(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tensor,
            eps: float, backend: str) -> torch.Tensor:
     """Self-attention from interleaved qkv (B, N, 3*H*d) -> (B, N, H*d) with ``backend``."""
@@ -103,18 +125,4 @@ def attend(qkv: torch.Tensor, num_heads: int, cos: torch.Tensor, sin: torch.Tens
 
         return ops.dit_attention(qkv, num_heads, cos, sin, eps)
     q, k, v = _split(qkv, num_heads, cos, sin, eps)
-    if backend == "flash":
-        from flash_attn import flash_attn_func  # lazily: optional dependency
-
-        out = flash_attn_func(q, k, v.contiguous())
-    elif backend == "xformers":
-        from xformers.ops import memory_efficient_attention  # lazily: optional dependency
-
-        out = memory_efficient_attention(q.contiguous(), k.contiguous(), v.contiguous())
-    elif backend == "sdpa":
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2).contiguous()
-        ).transpose(1, 2)
-    else:
-        raise ValueError(f"unknown attention backend {backend!r}")
-    return out.reshape(b, n, three_d // 3)
+    return attend_heads(q, k, v, backend).reshape(b, n, three_d // 3)

@@ -19,6 +19,10 @@ __all__ = [
     "find_snake_betas",
     "block_layout_problem",
     "replace_module",
+    "MOTIONFORMER_ATTRS",
+    "SYNC_BLOCK_PATHS",
+    "looks_like_motionformer",
+    "find_motionformers",
 ]
 
 # What makes a module the release's `MMDiffusionTransformer`.
@@ -67,6 +71,28 @@ def find_dits(root: nn.Module) -> list[tuple[str, nn.Module]]:
         if looks_like_dit(module):
             found.append((name, module))
     return found
+
+
+# What makes a module the release's Synchformer video encoder (a MotionFormer `vfeat_extractor`) ...
+MOTIONFORMER_ATTRS = ("cls_token", "pos_embed", "temp_embed", "patch_embed_3d", "blocks", "norm", "spatial_attn_agg")
+# ... every submodule of its `DividedSpaceTimeBlock`s and of its per-frame aggregation layer the engine reads.
+SYNC_BLOCK_PATHS = ("norm1", "attn.qkv", "attn.proj", "timeattn.qkv", "timeattn.proj", "norm2", "mlp.fc1",
+                    "mlp.fc2", "norm3")
+SYNC_AGGREGATION_PATHS = ("self_attn", "linear1", "linear2", "norm1", "norm2")
+
+
+def looks_like_motionformer(module: nn.Module) -> bool:
+    """True for a Synchformer video encoder by name (not one ``engine.accelerate`` already swapped)."""
+    if getattr(module, "_audiox_engine_accelerated", False) or not all(hasattr(module, a) for a in MOTIONFORMER_ATTRS):
+        return False
+    blocks = module.blocks
+    return (len(blocks) > 0 and all(_has_path(b, p) for b in blocks for p in SYNC_BLOCK_PATHS)
+            and all(_has_path(module.spatial_attn_agg, p) for p in SYNC_AGGREGATION_PATHS))
+
+
+def find_motionformers(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of every Synchformer video encoder in ``root``."""
+    return [(name, m) for name, m in root.named_modules() if looks_like_motionformer(m)]
 
 
 def find_snake_betas(root: nn.Module) -> list[tuple[str, nn.Module]]:

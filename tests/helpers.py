@@ -19,7 +19,7 @@ def read_reference_keys(name: str, repeats: dict[str, int]) -> dict[str, tuple[i
     for line in (DATA / name).read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        key, shape = line.split("\t")
+        key, shape = line.split("\t")[:2]  # a third column, if any, is the dtype
         shape_t = tuple(int(s) for s in shape.strip("() ").split(",") if s.strip())
         for stack, depth in repeats.items():
             if stack + "0." in key:
@@ -56,6 +56,23 @@ def write_test_video(path, frames: int = 12, size: int = 48, fps: int = 10, seed
         stream.pix_fmt = "yuv420p"
         for _ in range(frames):
             img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_gray_video(path, levels, fps, size=40, codec="ffv1"):
+    """Frame i is a flat gray of levels[i]: the frame pick can be read back exactly."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
+        for level in levels:
+            img = np.full((size, size, 3), level, dtype=np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_, read_reference_keys, write_test_wav
+from helpers import randomize_, read_reference_keys, write_gray_video, write_test_wav
 from torch import nn
 from torch.nn import functional as F
 
@@ -406,29 +406,13 @@ def test_load_audio_prompt_window_and_channels(tmp_path):
     torch.testing.assert_close(prompt, torch.from_numpy(data[11025:11025 + 22050, :2].T.copy()))
 
 
-def _write_gray_video(path, levels, fps, size=40, codec="ffv1"):
-    """Frame i is a flat gray of levels[i]: the frame pick can be read back exactly."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
-        for level in levels:
-            img = np.full((size, size, 3), level, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def _levels_of(video):
     return [round(v / 10) for v in video.float().mean(dim=(1, 2, 3)).tolist()]
 
 
 def test_video_frame_pick_like_the_release(tmp_path):
     path = tmp_path / "gray.mkv"
-    _write_gray_video(path, [10 * i for i in range(12)], fps=10)
+    write_gray_video(path, [10 * i for i in range(12)], fps=10)
     video = load_video_frames(path, seconds_total=2, fps=5, size=32)
     assert video.shape == (10, 3, 32, 32) and video.dtype == torch.uint8
     # every ceil(10 / 5) = 2nd frame, then the last one repeated up to 5 fps x 2 s
@@ -460,6 +444,6 @@ def test_video_errors(tmp_path):
     with pytest.raises(MediaError, match="no video stream"):
         load_video_frames(wav)
     short = tmp_path / "short.mkv"
-    _write_gray_video(short, [50, 60], fps=10)
+    write_gray_video(short, [50, 60], fps=10)
     with pytest.raises(MediaError, match="no frames"):
         load_video_frames(short, seconds_start=5)

@@ -324,7 +324,7 @@ def test_describe_reports_backends(fast):
     assert d["backend"] == "triton" and d["attention"] == "triton" and d["dtype"] == "float32"
     assert d["attention_available"]["sdpa"] is True
     assert engine.describe(nn.Linear(2, 2)) == {"accelerated": False, "dits": [], "snake_beta": {},
-                                                "cuda": torch.cuda.is_available()}
+                                                "synchformers": [], "cuda": torch.cuda.is_available()}
 
 
 @triton_on_cpu
