@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from audiox_engine.benchmarks import workloads
-from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
+from audiox_engine.benchmarks.runner import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
 
 
 def _device() -> torch.device:

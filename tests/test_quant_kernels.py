@@ -28,7 +28,7 @@ from audiox_engine.kernels.quant_rows import (
     quantize_rows,
     quantize_rows_reference,
 )
-from audiox_engine.kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
+from audiox_engine.benchmarks.quant_baselines import torch_int_mm_int8, torch_scaled_mm_fp8
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (weight format, activations quantized?): W8A8-FP8, W8A8-INT8, INT8 weight-only.
