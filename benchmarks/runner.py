@@ -9,7 +9,9 @@ Time budget (`time_budget_s`): rows not started before the budget is spent are r
 under `skipped` with that reason, so the table says what was not measured. A suite
 splits what is left among its parts (`Runner.share`): each backend, or each kernel
 module, gets an equal share of the remaining time, and what one part leaves unused
-passes on to the next. A row whose estimated cost exceeds what is left is not started.
+passes on to the next. A backend's first row runs whenever the whole budget is not
+spent (its model is built by then); a later row whose estimated cost exceeds what is
+left of the share is not started.
 """
 
 from __future__ import annotations
@@ -111,18 +113,19 @@ class Runner:
 
     # -- time budget
 
-    def time_left(self) -> float:
-        """Seconds left to the current share of the budget (infinite without a budget)."""
+    def time_left(self, share: bool = True) -> float:
+        """Seconds left to the current share of the budget (with `share`) or to the whole
+        budget; infinite without a budget."""
         if self.config.time_budget_s is None:
             return float("inf")
         end = self._start + self.config.time_budget_s
-        if self._share_end is not None:
+        if share and self._share_end is not None:
             end = min(end, self._share_end)
         return end - time.monotonic()
 
-    def out_of_time(self) -> str | None:
-        """Why nothing more may start now, or None."""
-        if self.time_left() > 0:
+    def out_of_time(self, share: bool = True) -> str | None:
+        """Why nothing more may start now (within the current share, or at all), or None."""
+        if self.time_left(share) > 0:
             return None
         if self._share_end is not None and time.monotonic() < self._start + self.config.time_budget_s:
             return f"not run: its share ({self._share_s:.0f} s) of the {self.config.time_budget_s:g} s time budget was spent"
@@ -203,12 +206,12 @@ class Runner:
         self._save()
         return entry
 
-    def attempt(self, name: str, group: str, step):
+    def attempt(self, name: str, group: str, step, share: bool = True):
         """Runs `step()` (build and measure something); returns its value, or None after
-        recording the row as skipped: when the time budget is spent, with the reason when
-        it is unavailable here, as FAILED with the error otherwise (the suite goes on;
-        `bench` then exits 3)."""
-        why = self.out_of_time()
+        recording the row as skipped: when the time budget (its current share, with
+        `share`) is spent, with the reason when it is unavailable here, as FAILED with the
+        error otherwise (the suite goes on; `bench` then exits 3)."""
+        why = self.out_of_time(share)
         if why is not None:
             self.skip(name, group, why)
             return None

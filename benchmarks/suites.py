@@ -205,14 +205,15 @@ def _measure_rows(r: Runner, group: str, level: str, prep, matrix) -> None:
         w.params["level"] = level
         return r.measure(w)
 
-    for mode, steps in tqdm(matrix, desc=f"{group} {prep.backend}", leave=False):
+    for i, (mode, steps) in enumerate(tqdm(matrix, desc=f"{group} {prep.backend}", leave=False)):
         name = f"{mode}-{steps}/{prep.backend}"
         forward_batch = 2 if mode == "teacher" else 1
         why = None if per_forward_s is None else r.too_long(per_forward_s * forward_batch * steps * c.calls_per_row())
         if why is not None:
             r.skip(name, group, why)
             continue
-        entry = r.attempt(name, group, lambda: build_and_measure(mode, steps))
+        # the first row runs on what is left of the whole budget: the model is built by now
+        entry = r.attempt(name, group, lambda: build_and_measure(mode, steps), share=i > 0)
         if entry is not None:
             per_forward_s = entry["median_ms"] / 1e3 / (steps * forward_batch)
 
