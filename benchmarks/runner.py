@@ -135,7 +135,7 @@ class Runner:
         """Why a row estimated at `estimate_s` seconds may not start, or None."""
         left = self.time_left()
         if estimate_s > left:
-            return f"not run: would take about {estimate_s:.0f} s, {max(left, 0):.0f} s of the time budget left"
+            return f"not run: would take about {estimate_s:.1f} s, {max(left, 0):.1f} s of the time budget left"
         return self.out_of_time()
 
     @contextmanager

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from audiox_engine.benchmarks import cli, results, runner, suites, workloads
+from audiox_engine.benchmarks import cli, report, results, runner, suites, workloads
 from audiox_engine.benchmarks.kernels import snake_beta
 
 
@@ -121,7 +121,7 @@ def test_time_budget_shares_and_estimates(tmp_path):
     assert r.out_of_time() is None and 0 < r.time_left() <= 2.0
     with r.share(4):
         assert r.time_left() <= 0.5
-        assert "would take about 9 s" in r.too_long(9.0)
+        assert "would take about 9.0 s" in r.too_long(9.0)
     unbounded = runner.Runner(runner.BenchConfig.smoke_defaults(suite="loops", device="cpu"))
     with unbounded.share(3):
         assert unbounded.time_left() == float("inf") and unbounded.too_long(1e9) is None
@@ -210,3 +210,15 @@ def test_bad_config_is_refused():
         runner.BenchConfig(teacher_steps=(0,))
     with pytest.raises(ValueError, match="mode must be"):
         workloads._check_mode("student", 4)
+
+
+@pytest.mark.slow
+def test_compile_peer_with_inductor_on_cpu(tmp_path):
+    """The real torch.compile peer (Inductor's CPU backend, default mode): a minute or more
+    on two cores when its cache is cold."""
+    out = tmp_path / "c.json"
+    assert cli.main(["bench", "--suite", "dit", "--smoke", "--device", "cpu", "--backends", "eager,compile,engine-fp32",
+                     "--out", str(out)]) == 0
+    by = {e["name"]: e for e in results.load(out)["entries"]}
+    assert by["dit_forward/compile"]["compile_s"] > 0 and by["dit_forward/compile"]["metrics"]["tflops"] > 0
+    assert "| dit_forward | engine-fp32 |" in report.peer_table(results.load(out), "dit")
