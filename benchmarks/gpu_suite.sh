@@ -152,7 +152,7 @@ results=()
 for f in kernels dit headline; do
   [ -s "$OUT/$f.json" ] && results+=("$OUT/$f.json")
 done
-step report "$(budget "$T_REPORT" 2)" "$PY" -m audiox_engine.benchmarks bench report ${results[@]+"${results[@]}"} \
+step report "$(budget "$T_REPORT" 7)" "$PY" -m audiox_engine.benchmarks bench report ${results[@]+"${results[@]}"} \
   --md "$OUT/BENCHMARKS.generated.md" --plots "$OUT/plots"
 gpu_state after
 find "$OUT" -name '.*.tmp' -delete  # a result file's temporary twin, left by a step killed mid-write

@@ -32,7 +32,6 @@ REQUIRED = {
 }
 OPTIONAL = {
     "pynvml": "nvidia-ml-py: without it GPU telemetry (power, clocks, throttling) is null",
-    "pytest_benchmark": "pytest-benchmark: only for `python -m pytest benchmarks`",
     "flash_attn": "flash-attn: one attention baseline less", "xformers": "xformers: one attention baseline less",
     "bitsandbytes": "bitsandbytes: one INT8 baseline less",
 }
