@@ -11,9 +11,15 @@
   for every backend asked for (headline).
 
 Every suite that times the model runs the engine's backends beside their peers
-(`workloads.PEERS`: the eager reference in the engine's precision and in the release's,
-and torch.compile of it), measured in the same run, so the report can put the engine
-against each. What the peers are, and why, is in `benchmarks/workloads.py`.
+(`workloads.PEERS`), measured in the same run, so the report can put the engine against
+each: `eager` (the eager reference in bf16 on a GPU, the engine's working precision),
+`compile` and `compile-max-autotune` (torch.compile of that reference, same dtype), and
+`eager-fp32`, the release's own precision. The release runs the DiT in the dtype of its
+checkpoint and the VAE decoder in fp32 (SPEC.md, Sampling). SPEC.md gives no dtype for the
+checkpoint; the release builds its modules in fp32 (reference/synchformer_keys.tsv records
+the modules' dtype: float32) and loads the checkpoint into them, so the DiT computes in
+fp32 unless the user casts it: fp32 DiT, fp32 VAE is the choice here. Were the checkpoint
+run in bf16, the `eager` row would be that precision. On CPU `eager` is already fp32.
 
 A suite is a function of the `Runner` registered in `SUITES`; it composes the measuring
 steps below, each of which takes its backends (and steps) explicitly. A new suite is one
@@ -158,7 +164,7 @@ def measure_dit_forwards(r: Runner, backends, group: str = "dit") -> None:
                     w.metrics["flops_per_call"] = model_flops
                 return r.measure(w)
 
-            entry = r.attempt(name, group, measure)
+            entry = r.attempt(name, group, measure, share=False)  # built by now: measure it while the budget lasts
             if backend == "eager" and entry is not None:
                 model_flops = entry["metrics"].get("flops_per_call")
             prep = None
@@ -231,7 +237,8 @@ def measure_stages(r: Runner, backends, group: str = "e2e_stages",
             if backend == "eager":
                 base = prep
             r.attempt(f"stages/{backend}", group, lambda: [
-                r.measure(w) for w in workloads.e2e_stage_workloads(prep, r.config.batch, group=group, stages=stages)])
+                r.measure(w) for w in workloads.e2e_stage_workloads(prep, r.config.batch, group=group, stages=stages)],
+                share=False)
             prep = None
             free_memory(r.device)
 

@@ -8,11 +8,10 @@ Backends: the engine (`engine-fp32`, `engine-bf16`, `engine-fp8`, `engine-int8`,
 `engine.accelerate`) and the peers it is compared with in the same run (`PEERS`):
 - `eager`: the eager reference in the engine's working precision, bf16 on CUDA (fp32 on
   CPU, where bf16 is not a target);
-- `eager-fp32`: the eager reference in the release's own precision. The release loads
-  its checkpoint into modules built in fp32 and runs the DiT in that dtype, with the VAE
-  decoder in fp32 (SPEC.md, Sampling: "VAE decoder (in fp32 in the release)"); this repo's
-  pipeline keeps the VAE in fp32 whatever the DiT's dtype. On CPU it is the `eager` row
-  itself, so it is skipped there;
+- `eager-fp32`: the eager reference in the release's own precision: the DiT in fp32, the
+  VAE decoder in fp32 (this repo's pipeline keeps the VAE in fp32 whatever the DiT's
+  dtype). On CPU it is the `eager` row itself, so it is skipped there. Why fp32 (see the
+  suites' docstring);
 - `compile`, `compile-max-autotune`: `torch.compile` of the eager reference in the same
   dtype as `eager`, mode "default" and "max-autotune", applied to what `engine.accelerate`
   changes (every DiT's forward, and the decode of a VAE with SnakeBetas). max-autotune tunes GPU kernels and
