@@ -1,5 +1,8 @@
 """Timing of one callable: first call, warm-up and steady state kept apart.
 
+The one timer of every benchmark here: the suites, the kernel benchmarks
+(`benchmarks/kernels/`), the quantized GEMMs and the pytest entry (`benchmarks/test_bench_*`).
+
 GPU work is timed with CUDA events around each repetition after warm-up, and the L2
 cache is flushed (by writing a buffer larger than L2) before every repetition, so that
 a small workload does not report cache-resident speed that a real generation never
