@@ -1,6 +1,7 @@
 """Command line: `bench`, `bench report`, `profile`.
 
     bench [--suite kernels|dit|loops|e2e|headline|all] [--preset P] [--smoke] [--out results.json]
+          [--backends ...] [--time-budget-s S]
     bench report RESULTS.json... [--md BENCHMARKS.md] [--plots DIR] [--compare OLD NEW --threshold 0.05]
     profile [--preset P] [--out trace.json]
 
@@ -8,7 +9,8 @@
 `bench_main` and `profile_main` take what follows it. Run as `python -m audiox_engine.benchmarks ...`.
 Exit codes: 0 ok, 1 a regression found by --compare, 2 bad input (unreadable or
 invalid result file, runs from different cards, unknown option), 3 some benchmark rows
-failed with an error (recorded as "FAILED: ..." under `skipped`; the others ran).
+failed with an error (recorded as "FAILED: ..." under `skipped`; the others ran), 130
+interrupted (SIGINT; the file keeps every finished row, with "complete": false).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import logging
 import sys
 from pathlib import Path
 
-from audiox_engine.benchmarks import report, results
+from audiox_engine.benchmarks import charts, compare, report, results
 from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SUITES, BenchConfig, run_suite
 from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
 
 
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Run benchmark suites and write a result JSON.")
-    p.add_argument("--suite", choices=SUITES + ("all",), default="headline")
+    p.add_argument("--suite", choices=(*SUITES, "all"), default="headline")
     p.add_argument("--preset", default=None, help="model preset (default: audiox-turbo; tiny with --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny preset, teacher steps / 25, 2 repetitions: checks the harness in < 60 s on CPU")
@@ -39,6 +41,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=None, help="steady-state seconds per entry (sets reps)")
     p.add_argument("--reps", type=int, default=None, help="fixed repetitions (overrides --budget-s)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls after the first call")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="seconds for the whole run: rows not started by then are recorded as skipped")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for tiny CPU smoke runs on a busy machine)")
     return p
@@ -50,7 +54,7 @@ def _report_parser() -> argparse.ArgumentParser:
     p.add_argument("--md", default=None, help="markdown file to update between the generated-block markers")
     p.add_argument("--plots", default=None, help="directory for PNG plots")
     p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="compare two runs from the same card")
-    p.add_argument("--threshold", type=float, default=report.DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=float, default=compare.DEFAULT_THRESHOLD,
                    help="relative median slowdown counted as a regression (default 0.05)")
     return p
 
@@ -84,7 +88,7 @@ def bench_main(argv: list[str]) -> int:
                  "teacher_steps": _int_list(args.teacher_steps, "--teacher-steps"), "out": args.out}
     if args.preset:
         overrides["preset"] = args.preset
-    for key in ("budget_s", "reps", "warmup", "threads"):
+    for key in ("budget_s", "reps", "warmup", "threads", "time_budget_s"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     try:
@@ -93,6 +97,9 @@ def bench_main(argv: list[str]) -> int:
     except (ValueError, WorkloadUnavailable) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; finished rows are in {args.out}", file=sys.stderr)
+        return 130
     failed = [s for s in run["skipped"] if s["reason"].startswith("FAILED:")]
     print(f"bench: {len(run['entries'])} entries, {len(run['skipped'])} skipped "
           f"({len(failed)} failed) -> {args.out}")
@@ -104,7 +111,7 @@ def report_main(argv: list[str]) -> int:
     try:
         if args.compare:
             old, new = (results.load(p) for p in args.compare)
-            md, regressions = report.compare(old, new, args.threshold)
+            md, regressions = compare.compare(old, new, args.threshold)
             print(md)
             if regressions:
                 print(f"bench report: {len(regressions)} regression(s) beyond {100 * args.threshold:.1f}%",
@@ -113,14 +120,14 @@ def report_main(argv: list[str]) -> int:
             if not args.results:
                 return 0
         runs = [results.load(p) for p in args.results]
-    except (results.ResultsError, report.ComparisonError, ValueError) as exc:
+    except (results.ResultsError, compare.ComparisonError, ValueError) as exc:
         print(f"bench report: {exc}", file=sys.stderr)
         return 2
     plots = None
     md_path = Path(args.md) if args.md else None
     if args.plots:
         stems = [Path(p).stem for p in args.results]
-        plots = report.make_plots(runs, Path(args.plots), md_path, stems)
+        plots = charts.make_plots(runs, Path(args.plots), md_path, stems)
     text = report.render_markdown(runs, plots)
     if md_path is not None:
         try:

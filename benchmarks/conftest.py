@@ -1,6 +1,8 @@
-"""Fixtures for the pytest-benchmark suites in benchmarks/test_bench_*.py.
+"""Fixtures for the pytest suites in benchmarks/test_bench_*.py: the harness's workloads as
+pytest tests, timed by `benchmarks.timing` (the harness's one timer), each timing printed
+and recorded as test properties (`--junitxml` keeps them).
 
-These are collected only when asked for (`python -m pytest benchmarks`); the project's
+These are collected only when asked for (`python -m pytest benchmarks -s`); the project's
 default test run covers tests/ only. Settings come from the environment, so the same
 command works on a laptop and a GPU box:
 
@@ -18,8 +20,8 @@ import os
 import pytest
 import torch
 
-from audiox_engine.benchmarks import workloads
-from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
+from audiox_engine.benchmarks import timing, workloads
+from audiox_engine.benchmarks.runner import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR
 
 
 def _device() -> torch.device:
@@ -51,20 +53,17 @@ def teacher_steps() -> list[int]:
     return [max(1, n // SMOKE_STEP_DIVISOR) for n in HEADLINE_TEACHER_STEPS]
 
 
-def run_benchmark(benchmark, w: workloads.Workload, rounds: int):
-    """Times `w.fn` with pytest-benchmark; on CUDA each round ends with a synchronize,
-    so the wall-clock timer sees the device work. Params go into extra_info."""
-    dev = w.device
-
-    def call():
-        out = w.fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return out
-
-    benchmark.extra_info.update({"name": w.name, "nfe": w.nfe, "batch": w.batch, "setup_s": w.setup_s,
-                                 "first_call_s": w.first_call_s, **{f"param_{k}": v for k, v in w.params.items()}})
-    return benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
+def run_benchmark(record_property, w: workloads.Workload, rounds: int) -> timing.TimingResult:
+    """Times `w.fn` with benchmarks.timing (CUDA events and L2 flush on a GPU); the
+    workload's params and the timing go into the test's properties."""
+    t = timing.time_callable(w.fn, w.device, warmup=1, reps=rounds, first_call_s=w.first_call_s)
+    for key, value in {"name": w.name, "nfe": w.nfe, "batch": w.batch, "setup_s": w.setup_s,
+                       **{f"param_{k}": v for k, v in w.params.items()}, "median_ms": t.median_ms,
+                       "p10_ms": t.p10_ms, "p90_ms": t.p90_ms, "first_call_s": t.first_call_s}.items():
+        record_property(key, value)
+    print(f"\n{w.name}: median {t.median_ms:.3f} ms (p10 {t.p10_ms:.3f}, p90 {t.p90_ms:.3f}, n={t.reps}, "
+          f"{t.method}), first call {t.first_call_s:.2f} s")
+    return t
 
 
 def unavailable_to_skip(fn, *args, **kwargs):

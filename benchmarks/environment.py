@@ -145,3 +145,11 @@ def card_label(env: dict) -> str:
     if gpu:
         return f"{gpu['name']} ({gpu['memory_total_mib'] / 1024:.0f} GiB)"
     return f"CPU: {env.get('cpu_model') or 'unknown'} ({env.get('cpu_count_usable') or '?'} cores)"
+
+
+def same_card(a: dict, b: dict) -> bool:
+    """Whether two environments measured the same GPU (name and memory), or the same CPU model."""
+    ga, gb = a.get("gpu"), b.get("gpu")
+    if ga or gb:
+        return bool(ga and gb and ga["name"] == gb["name"] and ga["memory_total_mib"] == gb["memory_total_mib"])
+    return a.get("cpu_model") == b.get("cpu_model")

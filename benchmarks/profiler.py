@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from audiox_engine.audiox.dit import MMDiffusionTransformer
 from audiox_engine.benchmarks import workloads
-from audiox_engine.benchmarks.workloads import WorkloadUnavailable
 
 _VAE_NAMES = ("vae", "pretransform", "decoder", "autoencoder")
 
@@ -116,24 +116,15 @@ class _Restore:
 
 def profile_generation(preset: str = "tiny", device=None, out: str | Path = "trace.json", mode: str = "turbo",
                        steps: int = workloads.TURBO_STEPS) -> dict:
-    """Profiles one warm generation; writes a Chrome trace to `out`.
+    """Profiles one warm generation through AudioXPipeline; writes a Chrome trace to `out`.
 
-    Uses AudioXPipeline end to end when it exists, else the sampling loop over the DiT
-    (then there is no conditioning or decode range, and the summary says so).
-    Returns {"trace": path, "level": ..., "ranges": {name: total ms}, "steps_seen": k}.
+    Returns {"trace": path, "level": "e2e", "ranges": {name: total ms}, "steps_seen": k}.
     """
-    api = workloads.load_model_api()
     dev = workloads.resolve_device(device)
-    try:
-        prep = workloads.prepare_pipeline(preset, dev, "eager")
-        w = workloads.e2e_workload(prep, mode, steps, group="profile")
-        level = "e2e"
-    except WorkloadUnavailable as exc:
-        prep = workloads.prepare_dit(preset, dev, "eager")
-        w = workloads.loop_workload(prep, mode, steps, group="profile")
-        level = f"loops (pipeline unavailable: {exc})"
+    prep = workloads.prepare_pipeline(preset, dev, "eager")
+    w = workloads.e2e_workload(prep, mode, steps, group="profile")
     w.fn()  # warm: the trace shows steady state, not compilation
-    handles, counters = instrument(prep.obj, api.MMDiffusionTransformer)
+    handles, counters = instrument(prep.obj, MMDiffusionTransformer)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if dev.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -153,7 +144,7 @@ def profile_generation(preset: str = "tiny", device=None, out: str | Path = "tra
     for ev in prof.key_averages():
         if ev.key == "generation" or ev.key.startswith(("step ", "conditioning:", "decode")):
             ranges[ev.key] = ev.cpu_time_total / 1e3
-    return {"trace": str(out), "level": level, "ranges": ranges, "steps_seen": counters["step"],
+    return {"trace": str(out), "level": "e2e", "ranges": ranges, "steps_seen": counters["step"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

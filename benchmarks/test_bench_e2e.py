@@ -1,9 +1,7 @@
-"""pytest-benchmark: text -> waveform through AudioXPipeline, Turbo and the longest teacher
+"""Text -> waveform through AudioXPipeline, Turbo and the longest teacher
 (`python -m pytest benchmarks -k e2e`)."""
 
 import pytest
-
-pytest.importorskip("pytest_benchmark")
 
 from audiox_engine.benchmarks import workloads
 from audiox_engine.benchmarks.conftest import run_benchmark, teacher_steps, unavailable_to_skip
@@ -25,6 +23,6 @@ def pipelines(bench_preset, bench_device):
 
 @pytest.mark.parametrize("backend", ["eager", "engine-bf16"])
 @pytest.mark.parametrize("mode,steps", MATRIX, ids=[f"{m}-{n}" for m, n in MATRIX])
-def test_end_to_end(benchmark, pipelines, backend, mode, steps, bench_rounds):
+def test_end_to_end(record_property, pipelines, backend, mode, steps, bench_rounds):
     w = unavailable_to_skip(workloads.e2e_workload, pipelines(backend), mode, steps, batch=1)
-    run_benchmark(benchmark, w, bench_rounds)
+    run_benchmark(record_property, w, bench_rounds)

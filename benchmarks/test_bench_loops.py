@@ -1,9 +1,7 @@
-"""pytest-benchmark: the sampling loops over the DiT, Turbo and teacher with CFG
+"""The sampling loops over the DiT, Turbo and teacher with CFG
 (`python -m pytest benchmarks -k loops`)."""
 
 import pytest
-
-pytest.importorskip("pytest_benchmark")
 
 from audiox_engine.benchmarks import workloads
 from audiox_engine.benchmarks.conftest import run_benchmark, teacher_steps, unavailable_to_skip
@@ -28,6 +26,6 @@ def prepared(bench_preset, bench_device):
 
 @pytest.mark.parametrize("backend", ["eager", "engine-bf16"])
 @pytest.mark.parametrize("mode,steps", MATRIX, ids=[f"{m}-{n}" for m, n in MATRIX])
-def test_sampling_loop(benchmark, prepared, backend, mode, steps, bench_rounds):
+def test_sampling_loop(record_property, prepared, backend, mode, steps, bench_rounds):
     w = workloads.loop_workload(prepared(backend), mode, steps, batch=1)
-    run_benchmark(benchmark, w, bench_rounds)
+    run_benchmark(record_property, w, bench_rounds)

@@ -1,5 +1,8 @@
 """Timing of one callable: first call, warm-up and steady state kept apart.
 
+The one timer of every benchmark here: the suites, the kernel benchmarks
+(`benchmarks/kernels/`), the quantized GEMMs and the pytest entry (`benchmarks/test_bench_*`).
+
 GPU work is timed with CUDA events around each repetition after warm-up, and the L2
 cache is flushed (by writing a buffer larger than L2) before every repetition, so that
 a small workload does not report cache-resident speed that a real generation never
@@ -102,9 +105,21 @@ class L2Flusher:
         self.buffer.fill_(self._value)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device | str) -> None:
+    """Waits for the device's queued work (a no-op on the CPU)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_first_call(fn: Callable[[], object], device: torch.device | str) -> tuple[object, float]:
+    """(result, seconds) of one synchronized call: the first call of a workload, which
+    holds any compilation, autotuning or CUDA-graph capture."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
 
 
 def _choose_reps(per_call_s: float, reps: int | None, budget_s: float | None,
@@ -149,16 +164,12 @@ def time_callable(
         raise ValueError(f"warmup must be >= 0, got {warmup}")
 
     if first_call_s is None:
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        first_call_s = time.perf_counter() - t0
+        _, first_call_s = timed_first_call(fn, device)
 
     t0 = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(device)
+    sync(device)
     warmup_s = time.perf_counter() - t0
     per_call_s = warmup_s / warmup if warmup else first_call_s
     n = _choose_reps(per_call_s, reps, budget_s, min_reps, max_reps)

@@ -6,6 +6,7 @@ statement counts, including those inside functions, since a lazy import is still
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -127,8 +128,13 @@ def test_wheel_installs_one_top_level_name(tmp_path):
     setuptools = pytest.importorskip("setuptools")
     if int(setuptools.__version__.split(".")[0]) < 77:  # pyproject.toml's build requirement
         pytest.skip(f"setuptools {setuptools.__version__} is older than the build needs (77)")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    had_build = (ROOT / "build").exists()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                               "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    finally:
+        if not had_build:  # setuptools builds in the source tree: leave it as it was
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = tmp_path.glob("audiox_engine-*.whl")
     top = _wheel_top_level(wheel)

@@ -1,9 +1,10 @@
-"""Kernel benchmarks: one module per op, each with ``run(device, quick) -> list[dict]``.
+"""Kernel benchmarks: one module per op, each with ``run(device, quick)`` yielding rows.
 
-Rows carry ``kernel, impl, shape, dtype, ms_median, ms_p10, ms_p90`` and ``gbps`` or
-``tflops``; ``torch.compile`` rows add ``compile_s``; a baseline that cannot run here
-gives a row with NaN times and an ``error``. The harness that calls these lives
-elsewhere; ``measure_copy_bandwidth`` gives the copy roofline for the GB/s figures.
+A row carries ``kernel, impl, shape, dtype`` and either ``timing`` (from
+``benchmarks.timing``) with ``gbps`` or ``tflops``, or ``error`` for an implementation
+that cannot run here, or ``skipped`` with the reason it was left out; ``torch.compile`` rows add ``compile_s`` (see ``_common``). The
+``kernels`` suite of ``benchmarks.suites`` runs every module here and saves each row as it
+comes; ``measure_copy_bandwidth`` gives the copy roofline for the GB/s figures.
 """
 
 from audiox_engine.benchmarks.kernels._common import measure_copy_bandwidth

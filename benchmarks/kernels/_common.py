@@ -1,108 +1,93 @@
-"""Timing helpers shared by the kernel benchmarks.
+"""Rows of the kernel benchmarks; every time in them comes from ``benchmarks.timing``.
 
-GPU: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every rep), quantiles
-p10 / median / p90. CPU: ``time.perf_counter`` around each call, for smoke tests of
-``run(device="cpu", quick=True)`` only: those numbers mean nothing for the GPU.
+A row is one (kernel, implementation, shape, dtype) with ``timing`` (a
+``TimingResult.to_dict()``: CUDA events with the L2 flushed before each repetition on a
+GPU, ``time.perf_counter`` on the CPU) and ``gbps`` or ``tflops``; ``torch.compile`` rows
+add ``compile_s``. An implementation that cannot run here gives a row with ``error``
+instead of ``timing``, one left out on purpose a row with ``skipped`` (the reason). Rows are yielded one at a time, so the harness saves each as soon
+as it is measured.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
+from audiox_engine.benchmarks import timing
 
-def is_cuda(device: str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-def sync(device: str) -> None:
-    if is_cuda(device):
-        torch.cuda.synchronize()
-
-
-def bench(fn: Callable[[], object], device: str, quick: bool = False) -> dict[str, float]:
-    """Median / p10 / p90 milliseconds of ``fn()``."""
-    if is_cuda(device):
-        import triton.testing
-
-        warmup, rep = (5, 20) if quick else (25, 200)
-        med, p10, p90 = triton.testing.do_bench(fn, warmup=warmup, rep=rep,
-                                                quantiles=[0.5, 0.1, 0.9])
-        return {"ms_median": med, "ms_p10": p10, "ms_p90": p90}
-    fn()  # warm-up
-    times = []
-    for _ in range(3 if quick else 20):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return {"ms_median": statistics.median(times), "ms_p10": q[0], "ms_p90": q[-1]}
+# Steady-state repetitions: a full run fits about a quarter second per row; quick runs
+# (tiny shapes, CPU smoke checks) take three repetitions, which say nothing about speed.
+FULL_TIMING = {"warmup": 5, "budget_s": 0.25, "min_reps": 10, "max_reps": 100}
+QUICK_TIMING = {"warmup": 1, "reps": 3}
+QUICK_CPU_NO_COMPILE = ("not compiled in a quick CPU run: Inductor's CPU compile of one baseline takes longer "
+                        "than a whole smoke run; full runs measure it")
 
 
-def compile_fn(fn: Callable, args: tuple, device: str) -> tuple[Callable, float]:
-    """``torch.compile(fn)``, run once on ``args``; returns it and the compile seconds."""
-    compiled = torch.compile(fn)
-    t0 = time.perf_counter()
-    compiled(*args)
-    sync(device)
-    return compiled, time.perf_counter() - t0
+def time_fn(fn: Callable[[], object], device: str, quick: bool, first_call_s: float | None = None):
+    """``benchmarks.timing.time_callable`` with the kernel benchmarks' repetition settings."""
+    return timing.time_callable(fn, device, first_call_s=first_call_s, **(QUICK_TIMING if quick else FULL_TIMING))
 
 
-def make_row(kernel: str, impl: str, shape, dtype: torch.dtype, timing: dict[str, float],
+def _key(kernel: str, impl: str, shape, dtype: torch.dtype) -> dict:
+    return {"kernel": kernel, "impl": impl, "shape": tuple(shape), "dtype": str(dtype).removeprefix("torch.")}
+
+
+def make_row(kernel: str, impl: str, shape, dtype: torch.dtype, t: timing.TimingResult,
              nbytes: float | None = None, flops: float | None = None, **extra) -> dict:
-    """One result: timings plus GB/s (from bytes moved) or TFLOP/s (from flops)."""
-    row = {"kernel": kernel, "impl": impl, "shape": tuple(shape),
-           "dtype": str(dtype).removeprefix("torch."), **timing}
+    """One measured row: its timing plus GB/s (from bytes moved) or TFLOP/s (from flops)."""
+    row = _key(kernel, impl, shape, dtype) | {"timing": t.to_dict()}
     if nbytes is not None:
-        row["gbps"] = nbytes / (timing["ms_median"] * 1e-3) / 1e9
+        row["gbps"] = nbytes / (t.median_ms * 1e-3) / 1e9
     if flops is not None:
-        row["tflops"] = flops / (timing["ms_median"] * 1e-3) / 1e12
-    row.update(extra)
-    return row
+        row["tflops"] = flops / (t.median_ms * 1e-3) / 1e12
+    return row | extra
 
 
-def error_row(kernel: str, impl: str, shape, dtype: torch.dtype, err: BaseException) -> dict:
-    """A baseline that could not run here (not importable, unsupported, compile failed)."""
-    nan = float("nan")
-    return {"kernel": kernel, "impl": impl, "shape": tuple(shape),
-            "dtype": str(dtype).removeprefix("torch."), "ms_median": nan, "ms_p10": nan,
-            "ms_p90": nan, "error": f"{type(err).__name__}: {err}"}
+def error_row(kernel: str, impl: str, shape, dtype: torch.dtype, err: BaseException, **extra) -> dict:
+    """An implementation that could not run here (not importable, unsupported, compile failed)."""
+    return _key(kernel, impl, shape, dtype) | {"error": f"{type(err).__name__}: {err}"[:300]} | extra
+
+
+def _compiled_row(kernel, shape, dtype, device, quick, compiled, nbytes, flops, extra) -> dict:
+    fn, args = compiled
+    cfn = torch.compile(fn)
+    # The first call compiles: timed on its own, kept out of the steady-state samples.
+    _, compile_s = timing.timed_first_call(lambda: cfn(*args), device)
+    t = time_fn(lambda: cfn(*args), device, quick, first_call_s=compile_s)
+    return make_row(kernel, "torch.compile", shape, dtype, t, nbytes, flops, compile_s=compile_s, **extra)
 
 
 def bench_impls(kernel: str, shape, dtype: torch.dtype, device: str, quick: bool,
                 impls: dict[str, Callable[[], object]], nbytes: float | None = None,
                 flops: float | None = None, compiled: tuple[Callable, tuple] | None = None,
-                **extra) -> list[dict]:
-    """Time each named zero-argument callable, plus ``torch.compile`` of ``compiled``'s
-    (function, args) when given. A failing implementation gives an error row."""
-    rows = []
+                **extra) -> Iterator[dict]:
+    """Yields a row per named zero-argument callable, then one for ``torch.compile`` of
+    ``compiled``'s (function, args) when given (a skipped row in quick CPU runs). A failing
+    implementation gives an error row."""
     for impl, fn in impls.items():
         try:
-            rows.append(make_row(kernel, impl, shape, dtype, bench(fn, device, quick),
-                                 nbytes, flops, **extra))
+            row = make_row(kernel, impl, shape, dtype, time_fn(fn, device, quick), nbytes, flops, **extra)
         except Exception as err:  # noqa: BLE001 - a baseline failing must not stop the run
-            rows.append(error_row(kernel, impl, shape, dtype, err))
-    if compiled is not None:
-        fn, args = compiled
+            row = error_row(kernel, impl, shape, dtype, err, **extra)
+        yield row
+    if compiled is not None and quick and torch.device(device).type == "cpu":
+        yield _key(kernel, "torch.compile", shape, dtype) | {"skipped": QUICK_CPU_NO_COMPILE} | extra
+    elif compiled is not None:
         try:
-            cfn, compile_s = compile_fn(fn, args, device)
-            rows.append(make_row(kernel, "torch.compile", shape, dtype,
-                                 bench(lambda: cfn(*args), device, quick), nbytes, flops,
-                                 compile_s=compile_s, **extra))
+            row = _compiled_row(kernel, shape, dtype, device, quick, compiled, nbytes, flops, extra)
         except Exception as err:  # noqa: BLE001
-            rows.append(error_row(kernel, "torch.compile", shape, dtype, err))
-    return rows
+            row = error_row(kernel, "torch.compile", shape, dtype, err, **extra)
+        yield row
 
 
 def measure_copy_bandwidth(device: str = "cuda", nbytes: int | None = None) -> float:
     """Device-to-device copy bandwidth in GB/s (bytes read + bytes written per second),
     the roofline that memory-bound kernels are reported against."""
+    on_gpu = torch.device(device).type == "cuda"
     if nbytes is None:
-        nbytes = (1 << 30) if is_cuda(device) else (64 << 20)
+        nbytes = (1 << 30) if on_gpu else (64 << 20)
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    timing = bench(lambda: dst.copy_(src), device, quick=not is_cuda(device))
-    return 2 * nbytes / (timing["ms_median"] * 1e-3) / 1e9
+    t = time_fn(lambda: dst.copy_(src), device, quick=not on_gpu)
+    return 2 * nbytes / (t.median_ms * 1e-3) / 1e9

@@ -7,6 +7,8 @@ Targets (H100): >= 80% of copy bandwidth at 16k+ rows, >= 3x eager at B*237 rows
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
 from audiox_engine.benchmarks.kernels._common import bench_impls
@@ -22,13 +24,14 @@ SHAPES = [(1, 237, 1536), (8, 237, 1536), (1, 16384, 1536), (4, 16384, 1536)]
 QUICK_SHAPES = [(1, 8, 64)]
 
 
-def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+def run(device: str = "cuda", quick: bool = False) -> Iterator[dict]:
     dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
-    return [row for shape in (QUICK_SHAPES if quick else SHAPES) for dtype in dtypes
-            for row in _bench_shape(shape, dtype, device, quick)]
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        for dtype in dtypes:
+            yield from _bench_shape(shape, dtype, device, quick)
 
 
-def _bench_shape(shape, dtype, device, quick) -> list[dict]:
+def _bench_shape(shape, dtype, device, quick) -> Iterator[dict]:
     B, N, D = shape
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(B, N, D, device=device, dtype=dtype, generator=g)
@@ -39,7 +42,7 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
     shift, scale, gate = mods[..., :D], mods[..., D:2 * D], mods[..., 2 * D:3 * D]
     el = dtype.itemsize * B * N * D
     h = torch.empty_like(x)
-    rows = bench_impls(
+    yield from bench_impls(
         "adaln_modulate", (B, N, D), dtype, device, quick,
         {"ours": lambda: adaln_modulate(x, shift, scale, out=h),
          "eager": lambda: adaln_modulate_reference(x, shift, scale)},
@@ -47,11 +50,10 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
         compiled=(adaln_modulate_reference, (x, shift, scale)),
         modulation="per_token")
     outs = (torch.empty_like(x), torch.empty_like(x))
-    rows += bench_impls(
+    yield from bench_impls(
         "gated_residual_adaln", (B, N, D), dtype, device, quick,
         {"ours": lambda: gated_residual_adaln(x, y, gate, shift, scale, bias, out=outs),
          "eager": lambda: gated_residual_adaln_reference(x, y, gate, shift, scale, bias)},
         nbytes=7 * el,  # x, y, gate, shift, scale in; x2, h out (bias negligible)
         compiled=(gated_residual_adaln_reference, (x, y, gate, shift, scale, bias)),
         modulation="per_token")
-    return rows

@@ -11,6 +11,8 @@ Target (H100): SwiGLU >= 1.2x the cuBLAS path.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -54,12 +56,13 @@ def _cases(quick: bool):
     return cases
 
 
-def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+def run(device: str = "cuda", quick: bool = False) -> Iterator[dict]:
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return [row for case in _cases(quick) for row in _bench_case(*case, dtype, device, quick)]
+    for case in _cases(quick):
+        yield from _bench_case(*case, dtype, device, quick)
 
 
-def _bench_case(variant, B, T, cin, cout, dtype, device, quick) -> list[dict]:
+def _bench_case(variant, B, T, cin, cout, dtype, device, quick) -> Iterator[dict]:
     g = torch.Generator(device=device).manual_seed(0)
 
     def rnd(*shape, s=1.0):
@@ -79,23 +82,25 @@ def _bench_case(variant, B, T, cin, cout, dtype, device, quick) -> list[dict]:
             a, b = (_unfold(x) @ w13).chunk(2, dim=-1)
             return F.silu(a) * b
 
-        return bench_impls(
+        yield from bench_impls(
             "conv1d_k3_swiglu", shape, dtype, device, quick,
             {"ours": lambda: conv1d_k3_swiglu(x, w1p, w3p, out=out),
              "cudnn_conv": lambda: F.silu(_cudnn_conv(x, w1)) * _cudnn_conv(x, w3),
              "unfold_gemm": unfold_gemm,
              "eager": lambda: conv1d_k3_swiglu_reference(x, w1p, w3p)},
             flops=2 * flops, compiled=(conv1d_k3_swiglu_reference, (x, w1p, w3p)))
+        return
     if variant == "gated_residual":
         residual, gate = rnd(B, T, cout), rnd(B, T, cout)
-        return bench_impls(
+        yield from bench_impls(
             "conv1d_k3_gated_residual", shape, dtype, device, quick,
             {"ours": lambda: conv1d_k3_gated_residual(x, w1p, residual, gate, bias, out=out),
              "cudnn_conv": lambda: residual + _cudnn_conv(x, w1, bias) * gate,
              "eager": lambda: conv1d_k3_gated_residual_reference(x, w1p, residual, gate, bias)},
             flops=flops,
             compiled=(conv1d_k3_gated_residual_reference, (x, w1p, residual, gate, bias)))
-    return bench_impls(
+        return
+    yield from bench_impls(
         "conv1d_k3", shape, dtype, device, quick,
         {"ours": lambda: conv1d_k3(x, w1p, bias, out=out),
          "cudnn_conv": lambda: _cudnn_conv(x, w1, bias),

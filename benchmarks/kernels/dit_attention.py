@@ -10,6 +10,7 @@ Target (H100): <= 1.2x the time of the best alternative at B=1..4, 64 heads x 24
 from __future__ import annotations
 
 import functools
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,13 +78,13 @@ def _alternatives(device: str) -> dict:
     return alts
 
 
-def run(device: str = "cuda", quick: bool = False) -> list[dict]:
+def run(device: str = "cuda", quick: bool = False) -> Iterator[dict]:
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return [row for shape in (QUICK_SHAPES if quick else SHAPES)
-            for row in _bench_shape(shape, dtype, device, quick)]
+    for shape in QUICK_SHAPES if quick else SHAPES:
+        yield from _bench_shape(shape, dtype, device, quick)
 
 
-def _bench_shape(shape, dtype, device, quick) -> list[dict]:
+def _bench_shape(shape, dtype, device, quick) -> Iterator[dict]:
     B, N, H, d = shape
     g = torch.Generator(device=device).manual_seed(0)
     qkv = torch.randn(B, N, 3 * H * d, device=device, dtype=dtype, generator=g)
@@ -93,6 +94,6 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
              "eager": lambda: dit_attention_reference(qkv, H, cos, sin)}
     for name, fn in _alternatives(device).items():
         impls[name] = functools.partial(fn, qkv, H, cos, sin)
-    return bench_impls("dit_attention", shape, dtype, device, quick, impls,
+    yield from bench_impls("dit_attention", shape, dtype, device, quick, impls,
                        flops=4.0 * B * H * N * N * d,
                        compiled=(dit_attention_reference, (qkv, H, cos, sin)))

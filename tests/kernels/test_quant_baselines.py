@@ -5,7 +5,7 @@ import torch
 from kernel_test_utils import assert_close, make_generator, randn
 
 from audiox_engine.kernels import quantize_per_channel, quantize_rows_reference, scaled_mm_reference
-from audiox_engine.kernels.quant_torch_mm import torch_int_mm_int8, torch_scaled_mm_fp8
+from audiox_engine.benchmarks.quant_baselines import torch_int_mm_int8, torch_scaled_mm_fp8
 
 
 @pytest.mark.parametrize("shape", [((3, 40, 64), 48), ((20, 32), 32)], ids=str)

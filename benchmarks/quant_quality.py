@@ -7,11 +7,10 @@ ratios of :func:`engine.quantize.weight_memory_report`. Random weights (normal, 
 wired in; pass ``checkpoint=`` to use one instead.
 
 Too slow for CI at full size (2.2B parameters: ~9 GB of fp32, a minute per forward on
-two CPU cores); the benchmark harness calls :func:`quant_quality_report`. From the
-command line::
+two CPU cores). The model is built directly on ``device``. From the command line::
 
-    python -m audiox_engine.engine.quant_report --preset audiox-turbo            # full size
-    python -m audiox_engine.engine.quant_report --preset audiox-turbo --depth 2  # full width, 2 blocks
+    python -m audiox_engine.benchmarks.quant_quality --preset audiox-turbo            # full size
+    python -m audiox_engine.benchmarks.quant_quality --preset audiox-turbo --depth 2  # full width, 2 blocks
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from audiox_engine.audiox.checkpoint import load_into
 from audiox_engine.audiox.config import get_preset
 from audiox_engine.audiox.dit import MMDiffusionTransformer
 from audiox_engine.engine.quant_checkpoint import (
@@ -46,17 +46,17 @@ DEFAULT_CONFIGS = (Float8WeightAndActivationConfig(), Int8WeightAndActivationCon
 
 
 def _build(cfg, std: float, seed: int, checkpoint: str | None, device) -> MMDiffusionTransformer:
-    model = MMDiffusionTransformer(cfg)
+    device = torch.device(device)
+    with device:  # built where it runs: a full-size init on the CPU takes minutes
+        model = MMDiffusionTransformer(cfg)
     if checkpoint is not None:
-        from audiox_engine.audiox.checkpoint import load_into
-
         load_into(model, checkpoint, strict=True)
     else:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=device).manual_seed(seed)
         with torch.no_grad():
             for p in model.parameters():
                 p.normal_(0.0, std, generator=g)
-    return model.to(device).eval()
+    return model.eval()
 
 
 def block_branches(block, x: torch.Tensor, c: torch.Tensor, rot: torch.Tensor):
