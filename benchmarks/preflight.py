@@ -27,10 +27,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # import name -> what to install
 REQUIRED = {
     "torch": "torch", "triton": "triton", "numpy": "numpy", "tqdm": "tqdm", "safetensors": "safetensors",
-    "soundfile": "soundfile", "transformers": "transformers", "av": "av", "einops": "einops",
-    "hypothesis": "hypothesis", "pytest": "pytest", "matplotlib": "matplotlib",
+    "transformers": "transformers", "einops": "einops", "hypothesis": "hypothesis", "pytest": "pytest",
+    "matplotlib": "matplotlib",
 }
+# Media I/O (reading prompts and videos, writing WAVs) is on no benchmark's or GPU test's path;
+# the H200 image of 2026-11 has neither package.
 OPTIONAL = {
+    "soundfile": "soundfile: audio files cannot be read or written (not needed by this run)",
+    "av": "av (PyAV): videos cannot be decoded (not needed by this run)",
     "pynvml": "nvidia-ml-py: without it GPU telemetry (power, clocks, throttling) is null",
     "flash_attn": "flash-attn: one attention baseline less", "xformers": "xformers: one attention baseline less",
     "bitsandbytes": "bitsandbytes: one INT8 baseline less",
