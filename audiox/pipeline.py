@@ -6,7 +6,12 @@
 Two modes: ``"turbo"`` (the DMD student: 4 steps, no CFG) and ``"teacher"`` (Euler with
 batched CFG, release defaults 250 steps at cfg 6). Generation always runs the model's
 full 10 s latent (the release's DiT has a fixed 237-token length); the waveform is cropped
-to ``seconds`` and peak-normalised, as the release does.
+to ``seconds`` and returned as the decoder gives it, as the release's generation function
+does (its example scripts peak-normalise afterwards; that erases the level a caption asks
+for, so here it is the caller's choice).
+
+Bad arguments raise :class:`~audiox.errors.ArgumentError` at the top of the call, before
+any work; a model folder is checked against its config before the model is built.
 """
 
 from __future__ import annotations
@@ -20,18 +25,39 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, LoadReport, load_into
-from .config import AudioXConfig, ConfigError, get_preset, load_model_config
-from .model import AudioXModel
+from .checkpoint import match_state_dict, read_state_dict
+from .config import AudioXConfig, get_preset, load_model_config
+from .errors import ArgumentError, CheckpointError, ConfigError, MediaError, as_int, as_real
+from .model import AudioXModel, conditioner_config_for
 from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, ReferenceSampler, draw_noise, make_generator
+from .text_encoder import BYTE_TOKENIZER_MARK, load_text_encoder
 
-__all__ = ["AudioXPipeline", "EMBEDDED_DIR"]
+__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "GenerationArgs", "check_generation_args", "check_device",
+           "embedded_folder", "read_model_config"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(__file__), "assets")
 # Storage dtypes ``save_pretrained`` accepts for the parameters, by name (the recipe's export_dtype).
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+CONFIG_NAMES = ["model_config.json", "config.json", "*.json"]
+CHECKPOINT_NAMES = ["model.safetensors", "audiox_turbo/audiox_turbo.ckpt", "*.safetensors", "*.ckpt"]
+
+
+def embedded_folder(name: str) -> str | None:
+    """The folder of a preset's shipped weights (``audiox/assets/<name>/``), or None."""
+    folder = os.path.join(EMBEDDED_DIR, name)
+    return folder if os.path.isfile(os.path.join(folder, "model.safetensors")) else None
+
+
+def read_model_config(path: str | os.PathLike) -> AudioXConfig:
+    """The config of a model folder, found as :meth:`AudioXPipeline.from_pretrained` finds it."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"model folder not found: {path}")
+    return load_model_config(_find_one(path, CONFIG_NAMES, "model config"))
 
 
 @dataclass
@@ -48,39 +74,148 @@ def _build_untrained(cfg: AudioXConfig, seed: int) -> AudioXModel:
         return AudioXModel(cfg)
 
 
-BYTE_TOKENIZER_MARK = "audiox_byte_tokenizer.json"
-
-
-def _load_text_encoder(t5_dir: str, output_dim: int):
-    """A local T5 directory: a real one (sentencepiece tokenizer) or one we saved with the
-    offline byte tokenizer (marked by ``audiox_byte_tokenizer.json``)."""
-    from .conditioners import ByteTokenizer, T5Conditioner
-
-    if not os.path.isfile(os.path.join(t5_dir, BYTE_TOKENIZER_MARK)):
-        return T5Conditioner.from_pretrained(t5_dir, output_dim=output_dim)
-    from transformers import T5EncoderModel
-
-    with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), encoding="utf-8") as f:
-        max_length = int(json.load(f)["max_length"])
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a 19-tensor file: no "Loading weights" bar on stderr
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device this machine has; :class:`ArgumentError` naming what it has otherwise."""
     try:
-        t5 = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return T5Conditioner(t5, ByteTokenizer(), max_length=max_length, output_dim=output_dim)
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArgumentError(f"device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None) if dev.type in ("cuda", "mps", "xpu") else None
+    if backend is None:
+        raise ArgumentError(f"device {device!r}: cannot generate on {dev.type}; use cpu or cuda (cuda:N)")
+    available = backend.is_available() if dev.type != "mps" else torch.backends.mps.is_available()
+    if not available:
+        raise ArgumentError(f"device {device!r}: no {dev.type} device is available here; use cpu")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ArgumentError(f"device {device!r}: this machine has {count} {dev.type} device(s), {dev.type}:0 to :{count - 1}")
+    return dev
+
+
+MODES = ("turbo", "teacher")
+SEED_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what torch.Generator.manual_seed takes
+
+
+@dataclass
+class GenerationArgs:
+    """One call's arguments, checked: ``text`` a list, ``video_sync`` (B, L, D), the rest resolved."""
+
+    text: list[str] | None
+    video_sync: torch.Tensor | None
+    seconds: float
+    steps: int
+    cfg_scale: float
+    mode: str
+    generator: torch.Generator | None
+    batch_size: int
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 40 else f"a {type(value).__name__}"
+
+
+def _batch_of(name: str, value, dims: int, shape: str) -> int | None:
+    """How many items a video / audio argument holds (None: a file, one item); checks its type."""
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not os.path.isfile(path):
+            raise MediaError(f"{name} file not found: {path}" if not os.path.exists(path) else f"{name} path is not a file: {path}")
+        return None
+    if isinstance(value, torch.Tensor) and value.dim() == dims:
+        return value.shape[0]
+    if name == "audio" and isinstance(value, (list, tuple)) and value and all(
+            isinstance(a, torch.Tensor) and a.dim() in (2, 3) for a in value):
+        return len(value)
+    raise ArgumentError(f"{name} must be a file path or a tensor {shape}, got {_describe(value)}")
+
+
+def check_generation_args(cfg: AudioXConfig, *, text=None, video=None, video_sync=None, audio=None, seconds=None,
+                          steps=None, cfg_scale=None, mode="turbo", generator=None, batch_size=None,
+                          device="cpu") -> GenerationArgs:
+    """Check a generation's arguments against the model config ``cfg`` (no model needed), as
+    :meth:`AudioXPipeline.__call__` does first. Raises :class:`ArgumentError` (or
+    :class:`MediaError` for a missing file) naming the argument; never truncates a value."""
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ArgumentError(f"mode must be 'turbo' or 'teacher', got {_describe(mode)}")
+    sizes = {}
+    if text is not None:
+        text = [text] if isinstance(text, str) else text
+        if not isinstance(text, (list, tuple)) or not text or not all(isinstance(t, str) for t in text):
+            raise ArgumentError(f"text must be a str or a non-empty list of str, got {_describe(text)}")
+        text = list(text)
+        for t in text:
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ArgumentError(f"text {t[:20]!r} holds characters that are not valid Unicode") from None
+        sizes["text"] = len(text)
+    cc = conditioner_config_for(cfg)
+    for name, value, dims, shape in (
+            ("video", video, 5, f"(B, {cc.video_frames}, 3, {cc.clip_image_size}, {cc.clip_image_size})"),
+            ("audio", audio, 3, "(B, C, L)")):
+        n = None if value is None else _batch_of(name, value, dims, shape)
+        if n is not None:
+            sizes[name] = n
+    if video_sync is not None:
+        want = (cc.sync_len, cc.cond_dim)
+        if (not isinstance(video_sync, torch.Tensor) or video_sync.dim() not in (2, 3)
+                or tuple(video_sync.shape[-2:]) != want or not video_sync.is_floating_point()):
+            raise ArgumentError(f"video_sync must be float Synchformer features of shape (B, {want[0]}, {want[1]}) or "
+                                f"({want[0]}, {want[1]}) for this model, got {_describe(video_sync)}")
+        video_sync = video_sync[None] if video_sync.dim() == 2 else video_sync
+        sizes["video_sync"] = video_sync.shape[0]
+    if batch_size is not None:
+        batch_size = as_int("batch_size", batch_size, minimum=1)
+    b = batch_size or max(sizes.values(), default=1)
+    if any(n not in (1, b) for n in sizes.values()):
+        given = ", ".join(f"{k} {n}" for k, n in sizes.items()) + (f", batch_size {batch_size}" if batch_size else "")
+        raise ArgumentError(f"batch sizes differ ({given}): give each input 1 item or {b}")
+
+    sr = cfg.sample_rate
+    seconds = cfg.seconds if seconds is None else as_real("seconds", seconds)
+    if not 0 < seconds <= cfg.seconds or round(seconds * sr) < 1:
+        raise ArgumentError(f"seconds must be in (0, {cfg.seconds:g}] and hold a sample (>= 1/{sr}), got {seconds:g}")
+    default_steps = cfg.student_steps if mode == "turbo" else TEACHER_STEPS
+    steps = default_steps if steps is None else as_int("steps", steps, minimum=1)
+    if mode == "turbo":
+        if cfg_scale is not None and as_real("cfg_scale", cfg_scale) != 1.0:
+            raise ArgumentError("the Turbo student runs without CFG: leave cfg_scale unset (or 1) in turbo mode")
+        cfg_scale = 1.0
+    else:
+        cfg_scale = TEACHER_CFG_SCALE if cfg_scale is None else as_real("cfg_scale", cfg_scale)
+    return GenerationArgs(text, video_sync, seconds, steps, cfg_scale, mode, _generator(generator, device), b)
+
+
+def _generator(generator, device) -> torch.Generator | None:
+    device = torch.device(device)
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != device.type:
+            raise ArgumentError(f"generator is on {generator.device.type}, the pipeline on {device.type}: "
+                                f"make it with torch.Generator(device={device.type!r})")
+        return generator
+    if isinstance(generator, bool) or not hasattr(generator, "__index__"):
+        raise ArgumentError(f"generator must be a torch.Generator or an integer seed, got {_describe(generator)}")
+    seed = as_int("seed", generator, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+    return make_generator(seed, device)
 
 
 class AudioXPipeline:
     def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32):
+        if dtype not in WEIGHT_DTYPES.values():
+            raise ArgumentError(f"dtype must be one of torch.{', torch.'.join(WEIGHT_DTYPES)}, got {dtype!r}")
         self.model = model.eval()
         self.cfg: AudioXConfig = model.cfg
         self.source = source
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.dtype = dtype
+        self._warned_prompts: set[str] = set()
         # The sampling slot: the reference samplers, or those ``engine.accelerate`` puts here.
         self.sampler = ReferenceSampler()
         self.model.to(self.device)
@@ -97,9 +232,10 @@ class AudioXPipeline:
     def from_preset(cls, name: str = "tiny", *, device="cpu", dtype=torch.float32, seed: int = 0) -> "AudioXPipeline":
         """A named preset. Weights come from ``audiox/assets/<name>/`` when shipped there;
         otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
+        check_device(device)
         cfg = get_preset(name)
-        embedded = os.path.join(EMBEDDED_DIR, name)
-        if os.path.isfile(os.path.join(embedded, "model.safetensors")):
+        embedded = embedded_folder(name)
+        if embedded is not None:
             return cls.from_pretrained(embedded, device=device, dtype=dtype)
         model = _build_untrained(cfg, seed)
         source = _Source(name, trained=False, detail=f"preset {name!r}, UNTRAINED random weights (seed {seed})")
@@ -115,7 +251,7 @@ class AudioXPipeline:
         t5_dir: str | os.PathLike | None = None,
         strict: bool = True,
     ) -> "AudioXPipeline":
-        """Load a model directory laid out as the release (or as ``save_pretrained`` writes):
+        """Load a model folder laid out as the release (or as ``save_pretrained`` writes):
 
         - a model config JSON (``model_config.json``, ``config.json`` or the release's
           ``audiox_turbo_infer_4step.json``);
@@ -124,31 +260,25 @@ class AudioXPipeline:
         - optionally the VAE (``pretransform/vae.ckpt``) when the student file lacks it;
         - optionally a local T5 directory (``t5_dir`` or ``<path>/t5-base``); without one a
           random T5 of the configured size with the offline tokenizer stands in, with a warning.
+
+        The checkpoint's keys and shapes are checked against the config (on a model built
+        on the meta device) before the model is built: with ``strict`` any difference
+        raises :class:`CheckpointError`, whose first line names the first one.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
-            raise CheckpointError(f"model directory not found: {path}")
-        cfg = load_model_config(_find_one(path, ["model_config.json", "config.json", "*.json"], "model config"))
+            raise CheckpointError(f"model folder not found: {path}")
+        check_device(device)
+        cfg_path = _find_one(path, CONFIG_NAMES, "model config")
+        cfg = load_model_config(cfg_path)
+        ckpt = _find_one(path, CHECKPOINT_NAMES, "student checkpoint")
         t5_dir = t5_dir or (os.path.join(path, "t5-base") if os.path.isdir(os.path.join(path, "t5-base")) else None)
-        text = None
-        if t5_dir is not None:
-            text = _load_text_encoder(os.fspath(t5_dir), cfg.dit.cond_token_dim)
-        elif cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
+        text = None if t5_dir is None else load_text_encoder(os.fspath(t5_dir), cfg.dit.cond_token_dim)
+        state = _checked_state(cfg, cfg_path, text, ckpt, os.path.join(path, "pretransform", "vae.ckpt"), strict)
+        if text is None and cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
             log.warning("no local T5 given: text goes through a random small T5 stand-in (give t5_dir=)")
         model = AudioXModel(cfg, text_encoder=text)
-        ckpt = _find_one(
-            path,
-            ["model.safetensors", "audiox_turbo/audiox_turbo.ckpt", "*.safetensors", "*.ckpt"],
-            "student checkpoint",
-        )
-        report = load_into(model, ckpt, strict=False, prefix="")
-        vae_file = os.path.join(path, "pretransform", "vae.ckpt")
-        vae_missing = [k for k in report.missing if k.startswith("pretransform.")]
-        if vae_missing and os.path.isfile(vae_file):
-            vae_report = load_into(model.pretransform, vae_file, strict=strict)
-            report.missing = [k for k in report.missing if not k.startswith("pretransform.")]
-            report.loaded += ["pretransform." + k for k in vae_report.loaded]
-        _check_report(report, ckpt, strict)
+        model.load_state_dict(state, strict=False)
         meta = _read_meta(path)
         source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
         return cls(model, source=source, device=device, dtype=dtype)
@@ -172,7 +302,7 @@ class AudioXPipeline:
                 t5.tokenizer.tokenizer.save_pretrained(t5_dir)
             else:
                 with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), "w", encoding="utf-8") as f:
-                    json.dump({"max_length": t5.max_length}, f)
+                    json.dump({"max_length": t5.max_length, **getattr(t5.tokenizer, "settings", dict)()}, f)
         with open(os.path.join(path, "model_config.json"), "w", encoding="utf-8") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)
         params = {name for name, _ in self.model.named_parameters()}  # buffers (statistics, tables) stay float32
@@ -209,6 +339,8 @@ class AudioXPipeline:
             )[None]
         if batch_size is not None and text is None and video is None and audio is None:
             text = [""] * batch_size
+        if batch_size is not None:  # one item (a prompt, a file) is repeated to the batch
+            text, video, video_sync, audio = (_repeat(x, batch_size) for x in (text, video, video_sync, audio))
         cond = self.model.conditioner(
             text=text, video=video, video_sync=video_sync, audio=audio, device=self.device,
             batch_size=None, generator=generator, mask_audio_prompt=mask_audio_prompt,
@@ -232,45 +364,67 @@ class AudioXPipeline:
         progress: bool = False,
         mask_audio_prompt: bool = True,
         return_latents: bool = False,
+        strict: bool = False,
     ) -> tuple[torch.Tensor, int]:
-        """Generate. Returns ``(waveform (B, 2, seconds * sr) float32 in [-1, 1], sample_rate)``
-        (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``)."""
-        seconds = self.cfg.seconds if seconds is None else float(seconds)
-        if not 0 < seconds <= self.cfg.seconds:
-            raise ValueError(f"seconds must be in (0, {self.cfg.seconds:g}], got {seconds:g}")
-        if mode not in ("turbo", "teacher"):
-            raise ValueError(f"mode must be 'turbo' or 'teacher', got {mode!r}")
-        if mode == "turbo":
-            steps = self.cfg.student_steps if steps is None else int(steps)
-            if cfg_scale not in (None, 1.0):
-                raise ValueError("the Turbo student runs without CFG: leave cfg_scale unset (or 1) in turbo mode")
-            cfg_scale = 1.0
-        else:
-            steps = TEACHER_STEPS if steps is None else int(steps)
-            cfg_scale = TEACHER_CFG_SCALE if cfg_scale is None else float(cfg_scale)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        gen = make_generator(generator, self.device)
-        cond = self.encode_conditioning(text, video, video_sync, audio, batch_size, gen, mask_audio_prompt)
+        """Generate. Returns ``(waveform (B, 2, seconds * sr) float32, sample_rate)``, the decoder's
+        output, not normalised (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``).
+
+        One ``str`` prompt, file path or unbatched tensor is one item, repeated to the batch
+        (``batch_size``, or the length of the batched inputs). ``generator`` is a
+        ``torch.Generator`` on the pipeline's device or an integer seed. A prompt longer
+        than the text encoder reads is cut with a warning, once per prompt; with ``strict``
+        it raises :class:`ArgumentError`. Every argument is checked before any work
+        (:func:`check_generation_args`).
+        """
+        args = check_generation_args(
+            self.cfg, text=text, video=video, video_sync=video_sync, audio=audio, seconds=seconds, steps=steps,
+            cfg_scale=cfg_scale, mode=mode, generator=generator, batch_size=batch_size, device=self.device)
+        self._check_text_length(args.text, strict)
+        gen = args.generator
+        cond = self.encode_conditioning(args.text, video, args.video_sync, audio, args.batch_size, gen,
+                                        mask_audio_prompt)
         b = cond.shape[0]
         dit = self.model.dit
         shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
         noise = draw_noise(shape, gen, self.device, self.dtype)
-        if mode == "turbo":
-            latents = self.sampler.turbo(dit, noise, cond, steps=steps, generator=gen, progress=progress)
+        if args.mode == "turbo":
+            latents = self.sampler.turbo(dit, noise, cond, steps=args.steps, generator=gen, progress=progress)
         else:
-            latents = self.sampler.teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)
+            latents = self.sampler.teacher(dit, noise, cond, steps=args.steps, cfg_scale=args.cfg_scale,
+                                           progress=progress)
         if return_latents:
             return latents, self.cfg.sample_rate
-        return self.decode(latents, seconds), self.cfg.sample_rate
+        return self.decode(latents, args.seconds), self.cfg.sample_rate
+
+    def _check_text_length(self, texts: list[str] | None, strict: bool) -> None:
+        t5 = self.model.conditioner.conditioners["text_prompt"] if "text_prompt" in self.model.conditioner.conditioners else None
+        if texts is None or t5 is None or not hasattr(t5.tokenizer, "token_count"):
+            return
+        for t in dict.fromkeys(texts):
+            n = t5.tokenizer.token_count(t)
+            if n <= t5.max_length or (t in self._warned_prompts and not strict):
+                continue
+            what = (f"the prompt {t[:30]!r}... takes {n} tokens and the text encoder reads {t5.max_length}: "
+                    "the rest is cut")
+            if strict:
+                raise ArgumentError(f"{what}; shorten it")
+            self._warned_prompts.add(t)
+            log.warning("%s (shorten it to keep every word)", what)
 
     def decode(self, latents: torch.Tensor, seconds: float | None = None) -> torch.Tensor:
-        """Latents -> waveform in fp32 (as the release), cropped and peak-normalised per clip."""
+        """Latents -> waveform in fp32 (as the release), cropped to ``seconds``; not normalised:
+        the level is what the model made of the conditioning ("soft" and "loud" differ)."""
         audio = self.model.pretransform.decode(latents.float())
         if seconds is not None:
             audio = audio[..., : int(round(seconds * self.cfg.sample_rate))]
-        peak = audio.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
-        return (audio / peak).clamp(-1, 1)
+        return audio
+
+
+def _repeat(items, n: int):
+    """A batch of one (a list or a tensor) repeated to ``n``; anything else as it is."""
+    if items is None or n == 1 or len(items) != 1:
+        return items
+    return items.expand(n, *items.shape[1:]) if isinstance(items, torch.Tensor) else list(items) * n
 
 
 def _find_one(root: str, patterns: list[str], what: str) -> str:
@@ -283,13 +437,33 @@ def _find_one(root: str, patterns: list[str], what: str) -> str:
     raise CheckpointError(f"{root}: no {what} found (looked for {patterns})")
 
 
-def _check_report(report: LoadReport, path: str, strict: bool) -> None:
+def _checked_state(cfg: AudioXConfig, cfg_path: str, text, ckpt: str, vae_file: str,
+                   strict: bool) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt`` (and, for what it lacks of the VAE, ``vae_file``) that fit the
+    model ``cfg`` describes, checked on a model built on the meta device: nothing of the
+    model's size is allocated before the files are known to fit."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in AudioXModel(cfg, text_encoder=text).state_dict().items()}
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise ConfigError(f"{cfg_path}: cannot build the model it describes ({e})") from None
+    report, state = match_state_dict(read_state_dict(ckpt), shapes, prefix="")
+    if any(k.startswith("pretransform.") for k in report.missing) and os.path.isfile(vae_file):
+        vae_shapes = {k[len("pretransform."):]: v for k, v in shapes.items() if k.startswith("pretransform.")}
+        vae_report, vae_state = match_state_dict(read_state_dict(vae_file), vae_shapes)
+        state.update({"pretransform." + k: v for k, v in vae_state.items()})
+        report.loaded += ["pretransform." + k for k in vae_report.loaded]
+        report.missing = [k for k in report.missing if not k.startswith("pretransform.")]
+        report.missing += ["pretransform." + k for k in vae_report.missing]
+        report.unexpected += [f"{vae_file}: {k}" for k in vae_report.unexpected]
+        report.mismatched += [("pretransform." + k, a, b) for k, a, b in vae_report.mismatched]
     if report.ok:
-        return
-    msg = f"{path} does not match the model config:\n{report.describe()}"
-    if strict:
-        raise CheckpointError(msg)
-    log.warning(msg)
+        return state
+    what = f"{ckpt} does not match the model config {cfg_path}: {report.summary()}; is the config this checkpoint's?"
+    if strict or not report.loaded:
+        raise CheckpointError(f"{what}\n{report.describe()}")
+    log.warning("%s (loading the rest)\n%s", what, report.describe())
+    return state
 
 
 def _read_meta(path: str) -> dict:
