@@ -13,6 +13,7 @@ Nothing is left half-written (each file is written to a temporary file, then ren
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -302,8 +303,30 @@ def _generate_main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
-    logging.basicConfig(level=logging.WARNING, format="audiox: %(levelname)s: %(message)s")
-    return cmd_generate(args)
+    logging.basicConfig(level=logging.WARNING, format="audiox: %(name)s: %(levelname)s: %(message)s")
+    with _warnings_to_stderr():
+        return cmd_generate(args)
+
+
+class _StderrHandler(logging.Handler):
+    """One line per record on the current sys.stderr, in the command's voice."""
+
+    def emit(self, record):
+        print(f"audiox: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _warnings_to_stderr():
+    """The project's warnings (a prompt cut, a partial load) on stderr while the command runs."""
+    logger = logging.getLogger("audiox_engine")
+    handler, propagate = _StderrHandler(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _generate_reporting(argv: list[str]) -> int:
