@@ -447,7 +447,7 @@ def _checked_state(cfg: AudioXConfig, cfg_path: str, text, ckpt: str, vae_file: 
             shapes = {k: tuple(v.shape) for k, v in AudioXModel(cfg, text_encoder=text).state_dict().items()}
     except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
         raise ConfigError(f"{cfg_path}: cannot build the model it describes ({e})") from None
-    report, state = match_state_dict(read_state_dict(ckpt), shapes, prefix="")
+    report, state = match_state_dict(read_state_dict(ckpt), shapes)  # a wrapper prefix (student., module.) is found
     if any(k.startswith("pretransform.") for k in report.missing) and os.path.isfile(vae_file):
         vae_shapes = {k[len("pretransform."):]: v for k, v in shapes.items() if k.startswith("pretransform.")}
         vae_report, vae_state = match_state_dict(read_state_dict(vae_file), vae_shapes)

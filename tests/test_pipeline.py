@@ -202,6 +202,18 @@ def test_embedded_model_is_within_20_mb_and_stored_as_float16(pipe, tmp_path):
         pipe.save_pretrained(tmp_path / "bad", weights_dtype=torch.int8)
 
 
+def test_from_pretrained_finds_a_wrapper_prefix(pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    pipe.save_pretrained(tmp_path / "m")
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    save_file({"student." + k: v for k, v in sd.items()}, tmp_path / "m" / "model.safetensors")
+    loaded = AudioXPipeline.from_pretrained(tmp_path / "m")
+    a, _ = pipe("hello", generator=5, return_latents=True)
+    b, _ = loaded("hello", generator=5, return_latents=True)
+    assert rel_err(b, a) < 1e-5
+
+
 def test_from_pretrained_rejects_mismatched_checkpoint(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "m")
     cfg_path = tmp_path / "m" / "model_config.json"
