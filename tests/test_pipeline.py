@@ -3,7 +3,6 @@
 import os
 
 import pytest
-import soundfile as sf
 import torch
 
 from hypothesis import HealthCheck, given, settings
