@@ -37,7 +37,8 @@ def check_device(device) -> torch.device:
         raise ArgumentError(f"device {device!r}: no {dev.type} device is available here; use cpu")
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if dev.index is not None and dev.index >= count:
-        raise ArgumentError(f"device {device!r}: this machine has {count} {dev.type} device(s), {dev.type}:0 to :{count - 1}")
+        raise ArgumentError(f"device {device!r}: this machine has {count} {dev.type} device(s), "
+                            f"{dev.type}:0 to {dev.type}:{count - 1}")
     return dev
 
 
@@ -71,7 +72,8 @@ def _batch_of(name: str, value, dims: int, shape: str) -> int | None:
     if isinstance(value, (str, os.PathLike)):
         path = os.fspath(value)
         if not os.path.isfile(path):
-            raise MediaError(f"{name} file not found: {path}" if not os.path.exists(path) else f"{name} path is not a file: {path}")
+            what = "path is not a file" if os.path.exists(path) else "file not found"
+            raise MediaError(f"{name} {what}: {path}")
         return None
     if isinstance(value, torch.Tensor) and value.dim() == dims:
         return value.shape[0]

@@ -61,6 +61,11 @@ def read_model_config(path: str | os.PathLike) -> AudioXConfig:
     return load_model_config(_find_one(path, CONFIG_NAMES, "model config"))
 
 
+def _check_dtype(dtype) -> None:
+    if dtype not in WEIGHT_DTYPES.values():
+        raise ArgumentError(f"dtype must be one of torch.{', torch.'.join(WEIGHT_DTYPES)}, got {dtype!r}")
+
+
 @dataclass
 class _Source:
     name: str
@@ -77,8 +82,7 @@ def _build_untrained(cfg: AudioXConfig, seed: int) -> AudioXModel:
 
 class AudioXPipeline:
     def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32):
-        if dtype not in WEIGHT_DTYPES.values():
-            raise ArgumentError(f"dtype must be one of torch.{', torch.'.join(WEIGHT_DTYPES)}, got {dtype!r}")
+        _check_dtype(dtype)
         self.model = model.eval()
         self.cfg: AudioXConfig = model.cfg
         self.source = source
@@ -102,6 +106,7 @@ class AudioXPipeline:
         """A named preset. Weights come from ``audiox/assets/<name>/`` when shipped there;
         otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
         check_device(device)
+        _check_dtype(dtype)
         cfg = get_preset(name)
         embedded = embedded_folder(name)
         if embedded is not None:
@@ -138,6 +143,7 @@ class AudioXPipeline:
         if not os.path.isdir(path):
             raise CheckpointError(f"model folder not found: {path}")
         check_device(device)
+        _check_dtype(dtype)
         cfg_path = _find_one(path, CONFIG_NAMES, "model config")
         cfg = load_model_config(cfg_path)
         ckpt = _find_one(path, CHECKPOINT_NAMES, "student checkpoint")
@@ -266,7 +272,8 @@ class AudioXPipeline:
         return self.decode(latents, args.seconds), self.cfg.sample_rate
 
     def _check_text_length(self, texts: list[str] | None, strict: bool) -> None:
-        t5 = self.model.conditioner.conditioners["text_prompt"] if "text_prompt" in self.model.conditioner.conditioners else None
+        conditioners = self.model.conditioner.conditioners
+        t5 = conditioners["text_prompt"] if "text_prompt" in conditioners else None
         if texts is None or t5 is None or not hasattr(t5.tokenizer, "token_count"):
             return
         for t in dict.fromkeys(texts):

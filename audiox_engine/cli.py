@@ -215,12 +215,12 @@ def _plan(args):
     if args.t5 is not None:
         check_text_encoder_dir(args.t5)
     cfg = read_model_config(folder) if folder is not None else get_preset(model)
-    outputs, fmt = _check_outputs(args.output, max(args.batch, 1), args.force)
     device = check_device(args.device)
     checked = check_generation_args(
         cfg, text=args.prompt, video=args.video, audio=args.audio, video_sync=_read_sync(args.video_sync),
         seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg, mode="teacher" if args.teacher else "turbo",
         generator=args.seed, batch_size=args.batch, device=device)
+    outputs, fmt = _check_outputs(args.output, checked.batch_size, args.force)
     _probe_media(args.video, args.audio)
     if args.strict and args.prompt is not None:
         t5_dir = args.t5 or (os.path.join(folder, "t5-base") if folder is not None else None)
@@ -254,7 +254,7 @@ def cmd_generate(args) -> int:
 
         pipe = engine.accelerate(pipe, dtype=plan["dtype"])
     if not pipe.trained and not args.quiet:
-        print(f"note: {pipe.source.detail}: the output is noise-like, not real audio", file=sys.stderr)
+        print(f"audiox: note: {pipe.source.detail}: the output is noise-like, not real audio", file=sys.stderr)
     checked = plan["checked"]
     wave, sr = pipe(
         args.prompt,
