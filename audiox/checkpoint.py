@@ -26,12 +26,15 @@ import torch
 from torch import nn
 
 from ._io import atomic_path
+from .errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "LoadReport",
     "read_state_dict",
+    "read_tensor",
+    "match_state_dict",
     "load_into",
     "save_safetensors",
     "FORMAT_VERSION",
@@ -47,14 +50,6 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model (or cannot be read)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A pickle that would need arbitrary code execution to load."""
-
-
 @dataclass
 class LoadReport:
     prefix: str = ""
@@ -66,6 +61,18 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        """One line with what matters most: the first mismatched, missing and unexpected keys, and counts."""
+        parts = []
+        if self.mismatched:
+            k, a, b = self.mismatched[0]
+            more = f" ({len(self.mismatched) - 1} more keys differ in shape)" if len(self.mismatched) > 1 else ""
+            parts.append(f"{k} is {tuple(a)} in the file but {tuple(b)} in the model{more}")
+        for items, what in ((self.missing, "missing from the file"), (self.unexpected, "in the file, not in the model")):
+            if items:
+                parts.append(f"{len(items)} key{'s' if len(items) > 1 else ''} {what} (first: {items[0]})")
+        return "; ".join(parts) if parts else "all keys match"
 
     def describe(self, limit: int = 20) -> str:
         lines = []
@@ -132,8 +139,36 @@ def _refused_global(message: str) -> str:
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read tensors from ``.safetensors`` or a pickle (weights only), on CPU."""
     path = str(path)
+    obj = _read(path)
+    return obj if path.endswith(SAFETENSORS_SUFFIXES) else _unwrap(obj, path)
+
+
+def read_tensor(path: str | os.PathLike) -> torch.Tensor:
+    """The one tensor of a file: a tensor saved on its own (``torch.save(t, path)``, as the
+    release stores Synchformer features) or a state dict holding exactly one tensor."""
+    path = str(path)
+    obj = _read(path)
+    if isinstance(obj, torch.Tensor):
+        return obj
+    tensors = obj if path.endswith(SAFETENSORS_SUFFIXES) else _unwrap(obj, path)
+    if len(tensors) != 1:
+        raise CheckpointError(f"{path}: expected one tensor, found {len(tensors)} ({', '.join(sorted(tensors)[:4])})")
+    return next(iter(tensors.values()))
+
+
+def _read(path: str):
+    """A safetensors file's tensors, or whatever a weights-only pickle holds."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return _read_file(path)
+    except OSError as e:  # unreadable (permissions, I/O): named, not a traceback
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def _read_file(path: str):
     if path.endswith(SAFETENSORS_SUFFIXES):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -162,7 +197,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (RuntimeError, zipfile.BadZipFile, EOFError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    return _unwrap(obj, path)
+    return obj
 
 
 def _candidate_prefixes(keys) -> set[str]:
@@ -201,6 +236,31 @@ def _legacy_weight_norm_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+def match_state_dict(
+    sd: dict[str, torch.Tensor], target: dict[str, tuple], prefix: str | None = None
+) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """Match a state dict to a module's key -> shape table (``target``, e.g. from a model
+    built on the meta device) without copying anything.
+
+    Returns the report and the tensors that fit (keys relative to the module). ``prefix``
+    selects the sub-dict; by default the best-matching wrapper prefix is found.
+    """
+    sd = _legacy_weight_norm_names(sd)
+    if prefix is None:
+        prefix = _best_prefix(sd.keys(), set(target))
+    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    report = LoadReport(prefix=prefix)
+    report.missing = sorted(set(target) - set(sub))
+    report.unexpected = sorted(set(sub) - set(target))
+    for k in sorted(set(target) & set(sub)):
+        if tuple(sub[k].shape) != tuple(target[k]):
+            report.mismatched.append((k, tuple(sub[k].shape), tuple(target[k])))
+        else:
+            report.loaded.append(k)
+    fits = set(report.loaded)
+    return report, {k: v for k, v in sub.items() if k in fits}
+
+
 def load_into(
     module: nn.Module,
     source: str | os.PathLike | dict[str, torch.Tensor],
@@ -217,31 +277,20 @@ def load_into(
     matching tensors are loaded and the rest is logged.
     """
     sd = read_state_dict(source) if not isinstance(source, dict) else source
-    sd = _legacy_weight_norm_names(sd)
-    target = module.state_dict()
-    target_keys = set(target)
-    if prefix is None:
-        prefix = _best_prefix(sd.keys(), target_keys)
-    sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    report = LoadReport(prefix=prefix)
-    report.missing = sorted(target_keys - set(sub))
-    report.unexpected = sorted(set(sub) - target_keys)
-    for k in sorted(target_keys & set(sub)):
-        if tuple(sub[k].shape) != tuple(target[k].shape):
-            report.mismatched.append((k, tuple(sub[k].shape), tuple(target[k].shape)))
-        else:
-            report.loaded.append(k)
-    name = type(module).__name__
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    report, fitting = match_state_dict(sd, shapes, prefix)
+    name, prefix = type(module).__name__, report.prefix
     if not report.loaded:
         raise CheckpointError(
-            f"checkpoint does not match {name}: no key fits (prefix {prefix!r}).\n{report.describe()}"
+            f"checkpoint does not match {name}: no key fits (prefix {prefix!r}): {report.summary()}\n{report.describe()}"
         )
     if strict and not report.ok:
-        raise CheckpointError(f"checkpoint does not match {name} (prefix {prefix!r}):\n{report.describe()}")
+        raise CheckpointError(
+            f"checkpoint does not match {name} (prefix {prefix!r}): {report.summary()}\n{report.describe()}"
+        )
     if not report.ok:
         log.warning("partial load into %s (prefix %r):\n%s", name, prefix, report.describe())
-    ok_keys = set(report.loaded)
-    module.load_state_dict({k: v for k, v in sub.items() if k in ok_keys}, strict=False)
+    module.load_state_dict(fitting, strict=False)
     return report
 
 

@@ -14,6 +14,7 @@ load from local files.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -102,16 +103,38 @@ def _check_batch(name: str, x: torch.Tensor, shape: Sequence[int | None]) -> Non
 class ByteTokenizer:
     """Offline stand-in for the T5 tokenizer: UTF-8 bytes + 3 (0 pad, 1 eos, 2 unk), eos appended.
 
-    Used only with random-weight T5s (tests, benchmarks); real weights come with their own
-    sentencepiece tokenizer.
+    Used with random-weight T5s (tests, benchmarks) and with the byte-level T5 stand-ins the
+    recipe trains. Such a model knows only the case of its training captions: with
+    ``lowercase`` the text is lowercased first, and then the words of ``keep_case`` get their
+    own case back (the procedural captions are lowercase but for the unit "Hz"). The
+    settings travel with the model in its tokenizer marker file (:meth:`settings`).
     """
 
     pad_id, eos_id, offset = 0, 1, 3
 
+    def __init__(self, lowercase: bool = False, keep_case: Sequence[str] = ()):
+        self.lowercase = bool(lowercase)
+        self.keep_case = tuple(keep_case)
+        self._cased = {w.lower(): w for w in self.keep_case}
+        self._word = re.compile(r"\b(" + "|".join(re.escape(w) for w in self._cased) + r")\b") if self._cased else None
+
+    def settings(self) -> dict:
+        return {"lowercase": self.lowercase, "keep_case": list(self.keep_case)}
+
+    def normalize(self, text: str) -> str:
+        if not self.lowercase:
+            return text
+        text = text.lower()
+        return self._word.sub(lambda m: self._cased[m.group(1)], text) if self._word else text
+
+    def token_count(self, text: str) -> int:
+        """Tokens ``text`` takes before truncation (eos included)."""
+        return len(self.normalize(text).encode("utf-8")) + 1
+
     def __call__(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
         for i, text in enumerate(texts):
-            row = [b + self.offset for b in text.encode("utf-8")][: max_length - 1] + [self.eos_id]
+            row = [b + self.offset for b in self.normalize(text).encode("utf-8")][: max_length - 1] + [self.eos_id]
             ids[i, : len(row)] = torch.tensor(row)
         return ids, ids != self.pad_id
 
@@ -121,6 +144,10 @@ class _HFTokenizer:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+
+    def token_count(self, text: str) -> int:
+        """Tokens ``text`` takes before truncation (eos included)."""
+        return len(self.tokenizer(text)["input_ids"])
 
     def __call__(self, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=max_length, padding="max_length",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,27 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A model config that cannot describe a valid AudioX model."""
+from .errors import ConfigError
+
+# Integer fields that may be 0 (every other integer field must be >= 1).
+_MAY_BE_ZERO = {"global_cond_dim"}
+_JSON_TYPES = {"bool": bool, "str": str, "dict": dict}
+
+
+def _check_values(obj) -> None:
+    """The type and range of every field of a config dataclass (a JSON file can put anything anywhere)."""
+    where = type(obj).__name__
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type == "int":
+            low = 0 if f.name in _MAY_BE_ZERO else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{where}.{f.name} must be an integer >= {low}, got {value!r}")
+        elif f.type == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}.{f.name} must be a positive number, got {value!r}")
+        elif f.type in _JSON_TYPES and not isinstance(value, _JSON_TYPES[f.type]):
+            raise ConfigError(f"{where}.{f.name} must be a {f.type}, got {value!r}")
 
 
 def check_known_fields(cls, d: dict, error=ConfigError) -> None:
@@ -97,6 +117,7 @@ class DiTConfig:
         return 256 * ((hidden + 255) // 256)
 
     def validate(self) -> None:
+        _check_values(self)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % self.attn_heads:
@@ -122,6 +143,7 @@ class MAFConfig:
     mlp_ratio: float = 4.0
 
     def validate(self) -> None:
+        _check_values(self)
         if self.dim % self.num_heads:
             raise ConfigError(f"MAF dim {self.dim} is not divisible by num_heads {self.num_heads}")
 
@@ -155,6 +177,7 @@ class AudioXConfig:
         return self.sample_size // self.downsampling_ratio
 
     def validate(self) -> "AudioXConfig":
+        _check_values(self)
         self.dit.validate()
         self.maf.validate()
         if self.latent_length != self.dit.latent_frames:
@@ -179,11 +202,18 @@ class AudioXConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AudioXConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"an AudioXConfig is a JSON object, got {type(d).__name__}")
         d = dict(d)
-        dit = DiTConfig(**d.pop("dit", {}))
-        maf = MAFConfig(**d.pop("maf", {}))
+        parts = {}
+        for key, part in (("dit", DiTConfig), ("maf", MAFConfig)):
+            sub = d.pop(key, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"AudioXConfig.{key} must be a JSON object, got {sub!r}")
+            check_known_fields(part, sub)
+            parts[key] = part(**sub)
         check_known_fields(cls, d)
-        return cls(dit=dit, maf=maf, **d).validate()
+        return cls(**parts, **d).validate()
 
 
 def _full_size() -> AudioXConfig:
@@ -211,62 +241,85 @@ def get_preset(name: str) -> AudioXConfig:
         raise ConfigError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
 
 
+def _section(d: dict, key: str, where: str, default=None) -> dict:
+    """``d[key]``, a JSON object (``default`` when absent)."""
+    if key not in d and default is not None:
+        return default
+    if key not in d:
+        raise ConfigError(f"model config is missing '{where}{key}'")
+    value = d[key]
+    if not isinstance(value, dict):
+        raise ConfigError(f"model config {where}{key} must be a JSON object, got {value!r}")
+    return value
+
+
+def _number(d: dict, key: str, default, kind=int):
+    """``d[key]`` (or ``default``) as ``kind``; a value of another type is named, never coerced."""
+    value = d.get(key, default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"model config: {key} must be true or false, got {value!r}")
+        return value
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (kind is int and value != int(value))):
+        raise ConfigError(f"model config: {key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
 def parse_model_config(cfg: dict[str, Any], name: str = "custom") -> AudioXConfig:
     """Build an :class:`AudioXConfig` from the official model-config JSON (a dict)."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"a model config is a JSON object, got {type(cfg).__name__}")
     if cfg.get("model_type") != "diffusion_cond":
         raise ConfigError(f"model_type must be 'diffusion_cond', got {cfg.get('model_type')!r}")
-    try:
-        model = cfg["model"]
-        diffusion = model["diffusion"]
-        dcfg = diffusion["config"]
-    except KeyError as e:
-        raise ConfigError(f"model config is missing {e.args[0]!r}") from None
+    model = _section(cfg, "model", "")
+    diffusion = _section(model, "diffusion", "model.")
+    dcfg = _section(diffusion, "config", "model.diffusion.")
     if diffusion.get("type") != "mmdit":
         raise ConfigError(f"diffusion.type must be 'mmdit', got {diffusion.get('type')!r}")
     if diffusion.get("gate_type", "MAF") != "MAF" or not diffusion.get("gate", True):
         raise ConfigError("only the MAF-gated MMDiT (gate: true, gate_type: 'MAF') is supported")
     ids = diffusion.get("cross_attention_cond_ids", ["video_prompt", "text_prompt", "audio_prompt"])
-    if list(ids) != ["video_prompt", "text_prompt", "audio_prompt"]:
+    if not isinstance(ids, list) or ids != ["video_prompt", "text_prompt", "audio_prompt"]:
         raise ConfigError(f"cross_attention_cond_ids must be video, text, audio prompts; got {ids}")
-    pretransform = model.get("pretransform", {})
-    downsampling = int(pretransform.get("config", {}).get("downsampling_ratio", 2048))
-    sample_size = int(cfg.get("sample_size", 485100))
+    pretransform = _section(model, "pretransform", "model.", default={})
+    downsampling = _number(_section(pretransform, "config", "model.pretransform.", default={}), "downsampling_ratio", 2048)
     dit = DiTConfig(
-        io_channels=int(dcfg.get("io_channels", 64)),
-        embed_dim=int(dcfg.get("embed_dim", 1536)),
-        depth=int(dcfg.get("depth", 24)),
-        num_heads=int(dcfg.get("num_heads", 24)),
-        cond_token_dim=int(dcfg.get("cond_token_dim", 768)),
-        global_cond_dim=int(dcfg.get("global_cond_dim", 0)),
-        project_cond_tokens=bool(dcfg.get("project_cond_tokens", True)),
-        mlp_ratio=float(dcfg.get("mlp_ratio", 4.0)),
-        kernel_size=int(dcfg.get("kernel_size", 3)),
+        io_channels=_number(dcfg, "io_channels", 64),
+        embed_dim=_number(dcfg, "embed_dim", 1536),
+        depth=_number(dcfg, "depth", 24),
+        num_heads=_number(dcfg, "num_heads", 24),
+        cond_token_dim=_number(dcfg, "cond_token_dim", 768),
+        global_cond_dim=_number(dcfg, "global_cond_dim", 0),
+        project_cond_tokens=_number(dcfg, "project_cond_tokens", True, bool),
+        mlp_ratio=_number(dcfg, "mlp_ratio", 4.0, float),
+        kernel_size=_number(dcfg, "kernel_size", 3),
         # The release hard-codes 237 tokens unless the config passes `_latent_seq_len`.
-        latent_seq_len=int(dcfg.get("_latent_seq_len", 237)),
+        latent_seq_len=_number(dcfg, "_latent_seq_len", 237),
         num_cond_tokens=3 * 128,
     )
-    gcfg = diffusion.get("gate_type_config", {})
+    gcfg = _section(diffusion, "gate_type_config", "model.diffusion.", default={})
     # The release hard-codes the MAF width to 768, whatever the config says.
     maf = MAFConfig(
         dim=768,
-        num_experts_per_modality=int(gcfg.get("num_experts_per_modality", 64)),
-        num_heads=int(gcfg.get("num_heads", 12)),
-        num_fusion_layers=int(gcfg.get("num_fusion_layers", 4)),
+        num_experts_per_modality=_number(gcfg, "num_experts_per_modality", 64),
+        num_heads=_number(gcfg, "num_heads", 12),
+        num_fusion_layers=_number(gcfg, "num_fusion_layers", 4),
     )
     return AudioXConfig(
         name=name,
         dit=dit,
         maf=maf,
-        sample_rate=int(cfg.get("sample_rate", 44100)),
-        sample_size=sample_size,
-        audio_channels=int(cfg.get("audio_channels", 2)),
+        sample_rate=_number(cfg, "sample_rate", 44100),
+        sample_size=_number(cfg, "sample_size", 485100),
+        audio_channels=_number(cfg, "audio_channels", 2),
         downsampling_ratio=downsampling,
-        video_fps=int(cfg.get("video_fps", 5)),
-        seconds=float(cfg.get("conditioning_seconds", 10)),
+        video_fps=_number(cfg, "video_fps", 5),
+        seconds=_number(cfg, "conditioning_seconds", 10, float),
         diffusion_objective=diffusion.get("diffusion_objective", "rectified_flow"),
-        student_steps=int(cfg.get("training", {}).get("dmd_sample_steps", 4)),
+        student_steps=_number(_section(cfg, "training", "", default={}), "dmd_sample_steps", 4),
         vae=pretransform,
-        conditioning=model.get("conditioning", {}),
+        conditioning=_section(model, "conditioning", "model.", default={}),
     ).validate()
 
 
@@ -277,8 +330,23 @@ def load_model_config(path: str | os.PathLike) -> AudioXConfig:
             raw = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"model config not found: {path}") from None
-    except json.JSONDecodeError as e:
+    except IsADirectoryError:
+        raise ConfigError(f"model config {path} is a folder, not a JSON file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the model config {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"model config {path} is not valid JSON: {e}") from None
-    if "model_type" in raw:
-        return parse_model_config(raw, name=os.path.basename(os.path.dirname(os.path.abspath(path))) or "custom")
-    return AudioXConfig.from_dict(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model config {path} must hold a JSON object, it holds {json.dumps(raw)[:40]}")
+    try:
+        if "model_type" in raw:
+            return parse_model_config(raw, name=os.path.basename(os.path.dirname(os.path.abspath(path))) or "custom")
+        if not {"dit", "maf"} <= set(raw):
+            raise ConfigError(
+                "it is neither the release's format (\"model_type\": \"diffusion_cond\") nor audiox-engine's "
+                f"(\"dit\" and \"maf\" sections; found keys {sorted(raw)}): give the release's config or one "
+                "written by save_pretrained"
+            )
+        return AudioXConfig.from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"model config {path}: {e}") from None

@@ -22,9 +22,16 @@ import os
 import torch
 from torch.nn import functional as F
 
+from .errors import MediaError
 
-class MediaError(ValueError):
-    """A media file exists but cannot be read as the expected kind of media."""
+# What an output file's extension asks for: soundfile's (format, subtype). Integer PCM and the
+# lossy codecs store [-1, 1]; what lies beyond is clipped (and counted, see write_audio).
+OUTPUT_FORMATS = {
+    ".wav": ("WAV", "PCM_16"),
+    ".flac": ("FLAC", "PCM_16"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
 def _check_file(path: str | os.PathLike, kind: str) -> str:
@@ -97,15 +104,51 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(data.T.copy()), int(sr)
 
 
-def write_wav(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int) -> None:
-    """Write ``audio`` (C, L) float in [-1, 1] as a 16-bit PCM WAV, atomically: a reader never
-    sees a half-written file, and a failed write leaves nothing behind."""
+def writable_formats() -> dict[str, tuple[str, str]]:
+    """The extensions of :data:`OUTPUT_FORMATS` this soundfile / libsndfile build can write."""
+    import soundfile as sf
+
+    formats = sf.available_formats()
+    return {ext: (fmt, sub) for ext, (fmt, sub) in OUTPUT_FORMATS.items()
+            if fmt in formats and sub in sf.available_subtypes(fmt)}
+
+
+def output_format(path: str | os.PathLike) -> tuple[str, str]:
+    """The (format, subtype) an output path's extension names; :class:`MediaError` if none can be written."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    formats = writable_formats()
+    if ext not in formats:
+        what = f"a {ext} file" if ext else "a file without an extension"
+        raise MediaError(f"{os.fspath(path)}: cannot write {what}; name it {', '.join(formats)}")
+    return formats[ext]
+
+
+def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int,
+                format: tuple[str, str] | None = None) -> int:
+    """Write ``audio`` (C, L) float in the format its extension names (see :func:`output_format`;
+    or ``format``), atomically: a reader never sees a half-written file, and a failed write
+    leaves nothing behind. Samples beyond [-1, 1] are clipped; returns how many were."""
     import soundfile as sf
 
     from ._io import atomic_path
 
-    with atomic_path(path, suffix=".wav") as tmp:
-        sf.write(tmp, audio.detach().T.contiguous().cpu().numpy(), sample_rate, subtype="PCM_16", format="WAV")
+    path = os.fspath(path)
+    fmt, subtype = format or output_format(path)
+    data = audio.detach().float().cpu()
+    clipped = int((data.abs() > 1).sum())
+    data = data.clamp(-1, 1).T.contiguous().numpy()
+    try:
+        with atomic_path(path, suffix=os.path.splitext(path)[1] or ".tmp") as tmp:
+            sf.write(tmp, data, sample_rate, format=fmt, subtype=subtype)
+    except (OSError, RuntimeError) as e:  # soundfile's errors are RuntimeErrors that name the temporary file
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).split(": ")[-1]
+        raise MediaError(f"cannot write {path}: {reason}") from None
+    return clipped
+
+
+def write_wav(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int) -> int:
+    """:func:`write_audio` as a 16-bit PCM WAV, whatever the extension; returns the clipped samples' count."""
+    return write_audio(path, audio, sample_rate, format=OUTPUT_FORMATS[".wav"])
 
 
 def load_audio_prompt(path: str | os.PathLike, sample_rate: int = 44100, seconds_start: float = 0.0,

@@ -6,13 +6,18 @@
 Two modes: ``"turbo"`` (the DMD student: 4 steps, no CFG) and ``"teacher"`` (Euler with
 batched CFG, release defaults 250 steps at cfg 6). Generation always runs the model's
 full 10 s latent (the release's DiT has a fixed 237-token length); the waveform is cropped
-to ``seconds`` and peak-normalised, as the release does.
+to ``seconds`` and returned as the decoder gives it, as the release's generation function
+does (its example scripts peak-normalise afterwards; that erases the level a caption asks
+for, so here it is the caller's choice).
 
 Video tasks: the release conditions on CLIP features of the clip at 5 fps plus Synchformer
 features of the same clip at 25 fps, and refuses video without the Synchformer checkpoint
 (``synchformer/synchformer_state_dict.pth`` in the model directory, or ``synchformer=``).
 So does the pipeline, unless the caller passes precomputed features (``video_sync=tensor``)
 or asks for zero features (``video_sync="zeros"``, not the release's conditioning).
+
+Bad arguments raise :class:`~audiox.errors.ArgumentError` at the top of the call, before
+any work; a model folder is checked against its config before the model is built.
 """
 
 from __future__ import annotations
@@ -26,14 +31,18 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import CheckpointError, LoadReport, load_into
-from .config import AudioXConfig, ConfigError, get_preset, load_model_config
+from .arguments import GenerationArgs, check_device, check_generation_args
+from .checkpoint import match_state_dict, read_state_dict
+from .config import AudioXConfig, get_preset, load_model_config
+from .errors import ArgumentError, CheckpointError, ConfigError
 from .model import AudioXModel, synchformer_config_for
+from .sampling import ReferenceSampler, draw_noise
 from .synchformer import Synchformer, sync_pixels
-from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, ReferenceSampler, draw_noise, make_generator
+from .text_encoder import BYTE_TOKENIZER_MARK, load_text_encoder
 
-__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "SYNCHFORMER_FILE", "MissingSynchformerError", "find_synchformer",
-           "missing_synchformer_message"]
+__all__ = ["AudioXPipeline", "EMBEDDED_DIR", "GenerationArgs", "check_generation_args", "check_device",
+           "embedded_folder", "read_model_config", "SYNCHFORMER_FILE", "MissingSynchformerError",
+           "find_synchformer", "missing_synchformer_message"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,29 @@ def missing_synchformer_message(expected: str | None) -> str:
             f"--zero-sync / video_sync='zeros' runs with zero sync features, which is not the release's conditioning")
 
 
+CONFIG_NAMES = ["model_config.json", "config.json", "*.json"]
+CHECKPOINT_NAMES = ["model.safetensors", "audiox_turbo/audiox_turbo.ckpt", "*.safetensors", "*.ckpt"]
+
+
+def embedded_folder(name: str) -> str | None:
+    """The folder of a preset's shipped weights (``audiox/assets/<name>/``), or None."""
+    folder = os.path.join(EMBEDDED_DIR, name)
+    return folder if os.path.isfile(os.path.join(folder, "model.safetensors")) else None
+
+
+def read_model_config(path: str | os.PathLike) -> AudioXConfig:
+    """The config of a model folder, found as :meth:`AudioXPipeline.from_pretrained` finds it."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"model folder not found: {path}")
+    return load_model_config(_find_one(path, CONFIG_NAMES, "model config"))
+
+
+def _check_dtype(dtype) -> None:
+    if dtype not in WEIGHT_DTYPES.values():
+        raise ArgumentError(f"dtype must be one of torch.{', torch.'.join(WEIGHT_DTYPES)}, got {dtype!r}")
+
+
 @dataclass
 class _Source:
     name: str
@@ -80,40 +112,16 @@ def _build_untrained(cfg: AudioXConfig, seed: int) -> AudioXModel:
         return AudioXModel(cfg)
 
 
-BYTE_TOKENIZER_MARK = "audiox_byte_tokenizer.json"
-
-
-def _load_text_encoder(t5_dir: str, output_dim: int):
-    """A local T5 directory: a real one (sentencepiece tokenizer) or one we saved with the
-    offline byte tokenizer (marked by ``audiox_byte_tokenizer.json``)."""
-    from .conditioners import ByteTokenizer, T5Conditioner
-
-    if not os.path.isfile(os.path.join(t5_dir, BYTE_TOKENIZER_MARK)):
-        return T5Conditioner.from_pretrained(t5_dir, output_dim=output_dim)
-    from transformers import T5EncoderModel
-
-    with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), encoding="utf-8") as f:
-        max_length = int(json.load(f)["max_length"])
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a 19-tensor file: no "Loading weights" bar on stderr
-    try:
-        t5 = T5EncoderModel.from_pretrained(t5_dir, local_files_only=True)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return T5Conditioner(t5, ByteTokenizer(), max_length=max_length, output_dim=output_dim)
-
-
 class AudioXPipeline:
     def __init__(self, model: AudioXModel, *, source: _Source, device="cpu", dtype=torch.float32,
                  synchformer: Synchformer | None = None, synchformer_source: str | None = None):
+        _check_dtype(dtype)
         self.model = model.eval()
         self.cfg: AudioXConfig = model.cfg
         self.source = source
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.dtype = dtype
+        self._warned_prompts: set[str] = set()
         # The sampling slot: the reference samplers, or those ``engine.accelerate`` puts here.
         self.sampler = ReferenceSampler()
         self.model.to(self.device)
@@ -157,9 +165,11 @@ class AudioXPipeline:
     def from_preset(cls, name: str = "tiny", *, device="cpu", dtype=torch.float32, seed: int = 0) -> "AudioXPipeline":
         """A named preset. Weights come from ``audiox/assets/<name>/`` when shipped there;
         otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
+        check_device(device)
+        _check_dtype(dtype)
         cfg = get_preset(name)
-        embedded = os.path.join(EMBEDDED_DIR, name)
-        if os.path.isfile(os.path.join(embedded, "model.safetensors")):
+        embedded = embedded_folder(name)
+        if embedded is not None:
             pipe = cls.from_pretrained(embedded, device=device, dtype=dtype)
         else:
             model = _build_untrained(cfg, seed)
@@ -181,7 +191,7 @@ class AudioXPipeline:
         strict: bool = True,
         synchformer: str | os.PathLike | Synchformer | None = None,
     ) -> "AudioXPipeline":
-        """Load a model directory laid out as the release (or as ``save_pretrained`` writes):
+        """Load a model folder laid out as the release (or as ``save_pretrained`` writes):
 
         - a model config JSON (``model_config.json``, ``config.json`` or the release's
           ``audiox_turbo_infer_4step.json``);
@@ -193,31 +203,26 @@ class AudioXPipeline:
         - the Synchformer for video tasks: ``synchformer`` (a checkpoint path or a
           ``Synchformer``), else ``<path>/synchformer/synchformer_state_dict.pth`` if present;
           without one, video tasks are refused (text / audio tasks do not need it).
+
+        The checkpoint's keys and shapes are checked against the config (on a model built
+        on the meta device) before the model is built: with ``strict`` any difference
+        raises :class:`CheckpointError`, whose first line names the first one.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
-            raise CheckpointError(f"model directory not found: {path}")
-        cfg = load_model_config(_find_one(path, ["model_config.json", "config.json", "*.json"], "model config"))
+            raise CheckpointError(f"model folder not found: {path}")
+        check_device(device)
+        _check_dtype(dtype)
+        cfg_path = _find_one(path, CONFIG_NAMES, "model config")
+        cfg = load_model_config(cfg_path)
+        ckpt = _find_one(path, CHECKPOINT_NAMES, "student checkpoint")
         t5_dir = t5_dir or (os.path.join(path, "t5-base") if os.path.isdir(os.path.join(path, "t5-base")) else None)
-        text = None
-        if t5_dir is not None:
-            text = _load_text_encoder(os.fspath(t5_dir), cfg.dit.cond_token_dim)
-        elif cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
+        text = None if t5_dir is None else load_text_encoder(os.fspath(t5_dir), cfg.dit.cond_token_dim)
+        state = _checked_state(cfg, cfg_path, text, ckpt, os.path.join(path, "pretransform", "vae.ckpt"), strict)
+        if text is None and cfg.name != "tiny" and cfg.conditioning.get("preset") != "tiny":
             log.warning("no local T5 given: text goes through a random small T5 stand-in (give t5_dir=)")
         model = AudioXModel(cfg, text_encoder=text)
-        ckpt = _find_one(
-            path,
-            ["model.safetensors", "audiox_turbo/audiox_turbo.ckpt", "*.safetensors", "*.ckpt"],
-            "student checkpoint",
-        )
-        report = load_into(model, ckpt, strict=False, prefix="")
-        vae_file = os.path.join(path, "pretransform", "vae.ckpt")
-        vae_missing = [k for k in report.missing if k.startswith("pretransform.")]
-        if vae_missing and os.path.isfile(vae_file):
-            vae_report = load_into(model.pretransform, vae_file, strict=strict)
-            report.missing = [k for k in report.missing if not k.startswith("pretransform.")]
-            report.loaded += ["pretransform." + k for k in vae_report.loaded]
-        _check_report(report, ckpt, strict)
+        model.load_state_dict(state, strict=False)
         meta = _read_meta(path)
         source = _Source(cfg.name, trained=True, detail=meta.get("description", f"weights from {path}"))
         if isinstance(synchformer, Synchformer):
@@ -252,7 +257,7 @@ class AudioXPipeline:
                 t5.tokenizer.tokenizer.save_pretrained(t5_dir)
             else:
                 with open(os.path.join(t5_dir, BYTE_TOKENIZER_MARK), "w", encoding="utf-8") as f:
-                    json.dump({"max_length": t5.max_length}, f)
+                    json.dump({"max_length": t5.max_length, **getattr(t5.tokenizer, "settings", dict)()}, f)
         with open(os.path.join(path, "model_config.json"), "w", encoding="utf-8") as f:
             json.dump(self.cfg.to_dict(), f, indent=1)
         params = {name for name, _ in self.model.named_parameters()}  # buffers (statistics, tables) stay float32
@@ -283,7 +288,7 @@ class AudioXPipeline:
 
         zeros = isinstance(video_sync, str)
         if zeros and video_sync != "zeros":
-            raise ValueError(f"video_sync must be a tensor (B, sync_len, D), 'zeros' or None, got {video_sync!r}")
+            raise ArgumentError(f"video_sync must be a tensor (B, sync_len, D), 'zeros' or None, got {video_sync!r}")
         if zeros:
             video_sync = None
             if video is not None:
@@ -291,7 +296,7 @@ class AudioXPipeline:
         is_file = isinstance(video, (str, os.PathLike))
         compute_sync = video is not None and video_sync is None and not zeros
         if compute_sync and not is_file:
-            raise ValueError("video given as 5 fps frames: the Synchformer needs the clip at 25 fps; give the "
+            raise ArgumentError("video given as 5 fps frames: the Synchformer needs the clip at 25 fps; give the "
                              "video as a file, or video_sync= (features, or 'zeros' for zero sync features)")
         if compute_sync and self.synchformer is None:
             raise MissingSynchformerError(missing_synchformer_message(self.synchformer_source))
@@ -333,6 +338,8 @@ class AudioXPipeline:
             )[None]
         if batch_size is not None and text is None and video is None and audio is None:
             text = [""] * batch_size
+        if batch_size is not None:  # one item (a prompt, a file) is repeated to the batch
+            text, video, video_sync, audio = (_repeat(x, batch_size) for x in (text, video, video_sync, audio))
         cond = self.model.conditioner(
             text=text, video=video, video_sync=video_sync, audio=audio, device=self.device,
             batch_size=None, generator=generator, mask_audio_prompt=mask_audio_prompt,
@@ -356,45 +363,68 @@ class AudioXPipeline:
         progress: bool = False,
         mask_audio_prompt: bool = True,
         return_latents: bool = False,
+        strict: bool = False,
     ) -> tuple[torch.Tensor, int]:
-        """Generate. Returns ``(waveform (B, 2, seconds * sr) float32 in [-1, 1], sample_rate)``
-        (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``)."""
-        seconds = self.cfg.seconds if seconds is None else float(seconds)
-        if not 0 < seconds <= self.cfg.seconds:
-            raise ValueError(f"seconds must be in (0, {self.cfg.seconds:g}], got {seconds:g}")
-        if mode not in ("turbo", "teacher"):
-            raise ValueError(f"mode must be 'turbo' or 'teacher', got {mode!r}")
-        if mode == "turbo":
-            steps = self.cfg.student_steps if steps is None else int(steps)
-            if cfg_scale not in (None, 1.0):
-                raise ValueError("the Turbo student runs without CFG: leave cfg_scale unset (or 1) in turbo mode")
-            cfg_scale = 1.0
-        else:
-            steps = TEACHER_STEPS if steps is None else int(steps)
-            cfg_scale = TEACHER_CFG_SCALE if cfg_scale is None else float(cfg_scale)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        gen = make_generator(generator, self.device)
-        cond = self.encode_conditioning(text, video, video_sync, audio, batch_size, gen, mask_audio_prompt)
+        """Generate. Returns ``(waveform (B, 2, seconds * sr) float32, sample_rate)``, the decoder's
+        output, not normalised (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``).
+
+        One ``str`` prompt, file path or unbatched tensor is one item, repeated to the batch
+        (``batch_size``, or the length of the batched inputs). ``generator`` is a
+        ``torch.Generator`` on the pipeline's device or an integer seed. A prompt longer
+        than the text encoder reads is cut with a warning, once per prompt; with ``strict``
+        it raises :class:`ArgumentError`. Every argument is checked before any work
+        (:func:`check_generation_args`).
+        """
+        args = check_generation_args(
+            self.cfg, text=text, video=video, video_sync=video_sync, audio=audio, seconds=seconds, steps=steps,
+            cfg_scale=cfg_scale, mode=mode, generator=generator, batch_size=batch_size, device=self.device)
+        self._check_text_length(args.text, strict)
+        gen = args.generator
+        cond = self.encode_conditioning(args.text, video, args.video_sync, audio, args.batch_size, gen,
+                                        mask_audio_prompt)
         b = cond.shape[0]
         dit = self.model.dit
         shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
         noise = draw_noise(shape, gen, self.device, self.dtype)
-        if mode == "turbo":
-            latents = self.sampler.turbo(dit, noise, cond, steps=steps, generator=gen, progress=progress)
+        if args.mode == "turbo":
+            latents = self.sampler.turbo(dit, noise, cond, steps=args.steps, generator=gen, progress=progress)
         else:
-            latents = self.sampler.teacher(dit, noise, cond, steps=steps, cfg_scale=cfg_scale, progress=progress)
+            latents = self.sampler.teacher(dit, noise, cond, steps=args.steps, cfg_scale=args.cfg_scale,
+                                           progress=progress)
         if return_latents:
             return latents, self.cfg.sample_rate
-        return self.decode(latents, seconds), self.cfg.sample_rate
+        return self.decode(latents, args.seconds), self.cfg.sample_rate
+
+    def _check_text_length(self, texts: list[str] | None, strict: bool) -> None:
+        conditioners = self.model.conditioner.conditioners
+        t5 = conditioners["text_prompt"] if "text_prompt" in conditioners else None
+        if texts is None or t5 is None or not hasattr(t5.tokenizer, "token_count"):
+            return
+        for t in dict.fromkeys(texts):
+            n = t5.tokenizer.token_count(t)
+            if n <= t5.max_length or (t in self._warned_prompts and not strict):
+                continue
+            what = (f"the prompt {t[:30]!r}... takes {n} tokens and the text encoder reads {t5.max_length}: "
+                    "the rest is cut")
+            if strict:
+                raise ArgumentError(f"{what}; shorten it")
+            self._warned_prompts.add(t)
+            log.warning("%s (shorten it to keep every word)", what)
 
     def decode(self, latents: torch.Tensor, seconds: float | None = None) -> torch.Tensor:
-        """Latents -> waveform in fp32 (as the release), cropped and peak-normalised per clip."""
+        """Latents -> waveform in fp32 (as the release), cropped to ``seconds``; not normalised:
+        the level is what the model made of the conditioning ("soft" and "loud" differ)."""
         audio = self.model.pretransform.decode(latents.float())
         if seconds is not None:
             audio = audio[..., : int(round(seconds * self.cfg.sample_rate))]
-        peak = audio.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
-        return (audio / peak).clamp(-1, 1)
+        return audio
+
+
+def _repeat(items, n: int):
+    """A batch of one (a list or a tensor) repeated to ``n``; anything else as it is."""
+    if items is None or n == 1 or len(items) != 1:
+        return items
+    return items.expand(n, *items.shape[1:]) if isinstance(items, torch.Tensor) else list(items) * n
 
 
 def _load_synchformer(file: str | os.PathLike, cfg: AudioXConfig) -> tuple[Synchformer, str]:
@@ -415,13 +445,33 @@ def _find_one(root: str, patterns: list[str], what: str) -> str:
     raise CheckpointError(f"{root}: no {what} found (looked for {patterns})")
 
 
-def _check_report(report: LoadReport, path: str, strict: bool) -> None:
+def _checked_state(cfg: AudioXConfig, cfg_path: str, text, ckpt: str, vae_file: str,
+                   strict: bool) -> dict[str, torch.Tensor]:
+    """The tensors of ``ckpt`` (and, for what it lacks of the VAE, ``vae_file``) that fit the
+    model ``cfg`` describes, checked on a model built on the meta device: nothing of the
+    model's size is allocated before the files are known to fit."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in AudioXModel(cfg, text_encoder=text).state_dict().items()}
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise ConfigError(f"{cfg_path}: cannot build the model it describes ({e})") from None
+    report, state = match_state_dict(read_state_dict(ckpt), shapes)  # a wrapper prefix (student., module.) is found
+    if any(k.startswith("pretransform.") for k in report.missing) and os.path.isfile(vae_file):
+        vae_shapes = {k[len("pretransform."):]: v for k, v in shapes.items() if k.startswith("pretransform.")}
+        vae_report, vae_state = match_state_dict(read_state_dict(vae_file), vae_shapes)
+        state.update({"pretransform." + k: v for k, v in vae_state.items()})
+        report.loaded += ["pretransform." + k for k in vae_report.loaded]
+        report.missing = [k for k in report.missing if not k.startswith("pretransform.")]
+        report.missing += ["pretransform." + k for k in vae_report.missing]
+        report.unexpected += [f"{vae_file}: {k}" for k in vae_report.unexpected]
+        report.mismatched += [("pretransform." + k, a, b) for k, a, b in vae_report.mismatched]
     if report.ok:
-        return
-    msg = f"{path} does not match the model config:\n{report.describe()}"
-    if strict:
-        raise CheckpointError(msg)
-    log.warning(msg)
+        return state
+    what = f"{ckpt} does not match the model config {cfg_path}: {report.summary()}; is the config this checkpoint's?"
+    if strict or not report.loaded:
+        raise CheckpointError(f"{what}\n{report.describe()}")
+    log.warning("%s (loading the rest)\n%s", what, report.describe())
+    return state
 
 
 def _read_meta(path: str) -> dict:

@@ -31,6 +31,13 @@ def read_reference_keys(name: str, repeats: dict[str, int]) -> dict[str, tuple[i
     return out
 
 
+def reduction_rtol(dtype: torch.dtype, n: int) -> float:
+    """Relative error bound between two evaluations of a length-``n`` reduction (a sum, dot
+    product or norm) in ``dtype`` that add in different orders: ``n * eps``, the worst case,
+    so it holds whatever the CPU's vector width or the library's summation order."""
+    return n * torch.finfo(dtype).eps
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 

@@ -62,7 +62,7 @@ def test_round_trip_through_dict(tmp_path):
         (lambda c: c["model"]["diffusion"]["config"].update(num_heads=7), "not divisible"),
         (lambda c: c.update(sample_size=44100), "latent frames|num_cond_tokens"),
         (lambda c: c["model"]["diffusion"].update(cross_attention_cond_ids=["text_prompt"]), "cross_attention"),
-        (lambda c: c["model"].pop("diffusion"), "missing 'diffusion'"),
+        (lambda c: c["model"].pop("diffusion"), "missing 'model.diffusion'"),
     ],
 )
 def test_bad_configs_are_named(mutate, match):
