@@ -210,7 +210,7 @@ def _check_video_sync(args, kind: str, model: str) -> None:
     if args.zero_sync and args.video_sync is not None:
         raise UsageError("give either --video-sync or --zero-sync, not both")
     if args.synchformer is not None and not os.path.isfile(args.synchformer):
-        raise UsageError(f"--synchformer {args.synchformer}: file not found")
+        raise UsageError(f"--synchformer: file not found: {args.synchformer}")
     needs_synchformer = args.video is not None and args.video_sync is None and not args.zero_sync
     if needs_synchformer and args.synchformer is None and kind == "folder" and find_synchformer(model) is None:
         raise UsageError(missing_synchformer_message(os.path.join(model, SYNCHFORMER_FILE)))

@@ -170,7 +170,9 @@ def _generate(tmp_path, *args):
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_release_task_from_the_command(task, clip, tmp_path, sync_calls):
-    code, out = _generate(tmp_path, *[a.replace("{clip}", clip) for a in TASKS[task]])
+    # Peak-normalised: the release's prompts are outside the tiny model's captions, and some
+    # come out near silence at the level the model made.
+    code, out = _generate(tmp_path, *[a.replace("{clip}", clip) for a in TASKS[task]], "--normalize", "peak")
     assert code == 0
     info = sf.info(str(out))
     assert (info.samplerate, info.channels, info.frames) == (44100, 2, 22050)
@@ -197,13 +199,14 @@ def test_command_refuses_a_video_task_without_the_checkpoint(bare_model, clip, t
     assert "--synchformer" in err and "--zero-sync" in err
 
 
-def test_command_synchformer_path_zero_sync_and_video_sync(bare_model, clip, tmp_path, capsys, caplog, sync_calls):
+def test_command_synchformer_path_zero_sync_and_video_sync(bare_model, clip, tmp_path, capsys, sync_calls):
     model_dir, weights = bare_model
     assert _generate(tmp_path, "--video", clip, "--model", model_dir, "--synchformer", weights)[0] == 0
     assert len(sync_calls) == 1
-    with caplog.at_level(logging.WARNING):
-        assert _generate(tmp_path, "--video", clip, "--model", model_dir, "--zero-sync")[0] == 0
-    assert "zero sync features" in caplog.text and "not the release's conditioning" in caplog.text
+    capsys.readouterr()
+    assert _generate(tmp_path, "--video", clip, "--model", model_dir, "--zero-sync")[0] == 0
+    err = capsys.readouterr().err  # the command prints the pipeline's warnings on stderr
+    assert "zero sync features" in err and "not the release's conditioning" in err
     features = tmp_path / "sync.pt"
     torch.save({"sync": torch.randn(1, 8, 64)}, features)
     assert _generate(tmp_path, "--video", clip, "--model", model_dir, "--video-sync", str(features))[0] == 0
