@@ -21,13 +21,17 @@ from .sampling import TEACHER_CFG_SCALE, TEACHER_STEPS, make_generator
 
 __all__ = ["GenerationArgs", "check_generation_args", "check_device", "MODES", "SEED_RANGE"]
 
-def check_device(device) -> torch.device:
-    """``device`` as a torch.device this machine has; :class:`ArgumentError` naming what it has otherwise."""
+def check_device(device, *, build_only: bool = False) -> torch.device:
+    """``device`` as a torch.device this machine has; :class:`ArgumentError` naming what it has otherwise.
+
+    ``build_only``: the device only holds a model being built, so ``meta`` (shapes without
+    memory, for inspecting a model or checking it fits) is accepted too.
+    """
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
         raise ArgumentError(f"device {device!r} is not a device name; use cpu or cuda (cuda:N)") from None
-    if dev.type == "cpu":
+    if dev.type == "cpu" or (build_only and dev.type == "meta"):
         return dev
     backend = getattr(torch, dev.type, None) if dev.type in ("cuda", "mps", "xpu") else None
     if backend is None:

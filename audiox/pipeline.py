@@ -119,7 +119,7 @@ class AudioXPipeline:
         self.model = model.eval()
         self.cfg: AudioXConfig = model.cfg
         self.source = source
-        self.device = check_device(device)
+        self.device = check_device(device, build_only=True)
         self.dtype = dtype
         self._warned_prompts: set[str] = set()
         # The sampling slot: the reference samplers, or those ``engine.accelerate`` puts here.
@@ -165,7 +165,7 @@ class AudioXPipeline:
     def from_preset(cls, name: str = "tiny", *, device="cpu", dtype=torch.float32, seed: int = 0) -> "AudioXPipeline":
         """A named preset. Weights come from ``audiox/assets/<name>/`` when shipped there;
         otherwise the model is randomly initialised from ``seed`` and labelled untrained."""
-        check_device(device)
+        check_device(device, build_only=True)
         _check_dtype(dtype)
         cfg = get_preset(name)
         embedded = embedded_folder(name)
@@ -211,7 +211,7 @@ class AudioXPipeline:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise CheckpointError(f"model folder not found: {path}")
-        check_device(device)
+        check_device(device, build_only=True)
         _check_dtype(dtype)
         cfg_path = _find_one(path, CONFIG_NAMES, "model config")
         cfg = load_model_config(cfg_path)
