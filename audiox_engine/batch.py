@@ -175,8 +175,9 @@ def read_prompts(path: str, cfg, defaults: dict) -> tuple[list[Item], list[Failu
     return items, failures
 
 
-def _long_prompts(items: list[Item], t5_dir: str | None, strict: bool) -> tuple[list[Item], list[Failure]]:
-    """Prompts the text encoder would cut: a warning each, or with --strict a failure each."""
+def _long_prompts(items: list[Item], t5_dir: str | None, strict: bool,
+                  warn: bool) -> tuple[list[Item], list[Failure]]:
+    """Prompts the text encoder would cut: a warning each (with ``warn``), or with --strict a failure each."""
     from audiox_engine.audiox.text_encoder import load_tokenizer
 
     if t5_dir is None or not os.path.isdir(t5_dir):
@@ -190,7 +191,8 @@ def _long_prompts(items: list[Item], t5_dir: str | None, strict: bool) -> tuple[
             if strict:
                 failures.append(Failure(it.line, it.id, f"{what}: shorten it"))
                 continue
-            print(f"audiox: warning: line {it.line} (id {it.id!r}): {what}: the rest is cut", file=sys.stderr)
+            if warn:
+                print(f"audiox: warning: line {it.line} (id {it.id!r}): {what}: the rest is cut", file=sys.stderr)
         kept.append(it)
     return kept, failures
 
@@ -228,7 +230,7 @@ def _check_out_dir(out: str) -> str:
     return os.path.abspath(out)
 
 
-def plan_batch(args, rank: int) -> BatchPlan:
+def plan_batch(args, group: Group) -> BatchPlan:
     """Everything that can be checked without the model; UsageError / AudioXError otherwise."""
     from audiox_engine.audiox.arguments import check_generation_args
     from audiox_engine.audiox.errors import as_int
@@ -252,12 +254,13 @@ def plan_batch(args, rank: int) -> BatchPlan:
     extension = "." + (args.format or "wav")
     output_format("clip" + extension)  # MediaError when this machine cannot write it
     model = _model_plan(args)
+    model["device"] = _rank_device(args, model["device"], group)
     mode = "teacher" if args.teacher else "turbo"
     defaults = check_generation_args(model["cfg"], seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg,
                                      mode=mode, generator=args.seed, device=model["device"])
     items, failures = read_prompts(args.prompts, model["cfg"], {"seed": args.seed, "seconds": args.seconds})
     t5_dir = args.t5 or (os.path.join(model["folder"], "t5-base") if model["folder"] is not None else None)
-    items, too_long = _long_prompts(items, t5_dir, args.strict) if rank == 0 else (items, [])
+    items, too_long = _long_prompts(items, t5_dir, args.strict, warn=group.rank == 0)
     video = any(it.video is not None for it in items)
     if (video and not args.zero_sync and args.synchformer is None and model["kind"] == "folder"
             and find_synchformer(model["model"]) is None):
@@ -323,10 +326,12 @@ class _Maker:
         self.made = 0
 
     def _fail(self, it: Item, error: BaseException) -> None:
+        from tqdm import tqdm
+
         text = str(error).strip().splitlines()
         failure = Failure(it.line, it.id, text[0] if text else type(error).__name__)
         self.failures.append(failure)
-        print(f"audiox: error: {failure}", file=sys.stderr)
+        tqdm.write(f"audiox: error: {failure}", file=sys.stderr)  # above the progress bars
 
     def run_batch(self, items: list[Item], bar) -> None:
         import torch
@@ -381,20 +386,16 @@ class _Maker:
                              **self.facts, "wall_s": round(earlier_s + time.perf_counter() - start, 4)})
 
 
-def _device(plan: BatchPlan, group: Group, args):
-    import torch
-
+def _rank_device(args, device, group: Group):
+    """The device of this rank: ``cuda:LOCAL_RANK`` for ``--device cuda`` under torchrun."""
     from audiox_engine.audiox.arguments import check_device
     from audiox_engine.cli import UsageError
 
-    device = plan.model["device"]
     if device.type != "cuda" or not group.launched:
         return device
     if device.index is not None and group.world > 1:
         raise UsageError(f"--device {args.device} under torchrun: each rank takes cuda:LOCAL_RANK; give --device cuda")
-    device = check_device(f"cuda:{group.local_rank}")
-    torch.cuda.set_device(device)
-    return device
+    return check_device(f"cuda:{group.local_rank}")
 
 
 def run_batch(args) -> int:
@@ -404,16 +405,16 @@ def run_batch(args) -> int:
 
     group = Group.from_environment()
     try:
-        plan = plan_batch(args, group.rank)
+        plan = plan_batch(args, group)
+        group.start()
+        try:
+            return _run(args, plan, group)
+        finally:
+            group.stop()
     except (UsageError, AudioXError):
         if group.rank == 0:
             raise
-        return 2  # rank 0 reports it
-    group.start()
-    try:
-        return _run(args, plan, group)
-    finally:
-        group.stop()
+        return 2  # the same refusal on every rank: rank 0 reports it
 
 
 def _snapshot(plan: BatchPlan, group: Group) -> set[str]:
@@ -444,8 +445,10 @@ def _run(args, plan: BatchPlan, group: Group) -> int:
     done = _snapshot(plan, group)
     todo = [it for it in plan.items if it.id not in done]
     mine = todo[group.rank::group.world]
-    device = _device(plan, group, args)
-    pipe = _load_pipeline(args, plan.model | {"device": device})
+    device = plan.model["device"]
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    pipe = _load_pipeline(args, plan.model)
     digest = group.broadcast(weights_digest(pipe) if group.rank == 0 else None)
     if args.accelerate:
         from audiox_engine import engine
