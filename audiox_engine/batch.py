@@ -49,6 +49,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from audiox_engine.audiox.errors import ArgumentError
 from audiox_engine.batch_io import Group, Journal, finished_records, merge_manifest, remove_stale_temporaries
 
 __all__ = ["add_batch_arguments", "check_no_batch_flags", "run_batch", "read_prompts", "Item", "Failure",
@@ -73,12 +74,11 @@ def add_batch_arguments(p) -> None:
 
 
 def check_no_batch_flags(args) -> None:
-    from audiox_engine.cli import UsageError
 
     given = [f for f, v in (("--out", args.out), ("--batch-size", args.batch_size), ("--format", args.format))
              if v is not None]
     if given:
-        raise UsageError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} with --prompts FILE.jsonl "
+        raise ArgumentError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} with --prompts FILE.jsonl "
                          "(one clip: -o FILE)")
 
 
@@ -113,7 +113,7 @@ class Failure:
 def _line_item(number: int, record: dict, base: str, defaults: dict, cfg) -> Item:
     """The item of one parsed line; ArgumentError / MediaError naming what is wrong."""
     from audiox_engine.audiox.arguments import SEED_RANGE, check_generation_args
-    from audiox_engine.audiox.errors import ArgumentError, as_int
+    from audiox_engine.audiox.errors import as_int
 
     unknown = sorted(set(record) - set(LINE_KEYS))
     if unknown:
@@ -134,17 +134,16 @@ def _line_item(number: int, record: dict, base: str, defaults: dict, cfg) -> Ite
 def read_prompts(path: str, cfg, defaults: dict) -> tuple[list[Item], list[Failure]]:
     """The items of a prompt file and the lines that are not items (blank lines aside).
 
-    Raises UsageError, before any work, for an unreadable file, an id unsafe as a file name, an
+    Raises ArgumentError, before any work, for an unreadable file, an id unsafe as a file name, an
     id given twice (letters' case aside: file systems may not tell them apart) or no item at all.
     """
     from audiox_engine.audiox.errors import AudioXError
-    from audiox_engine.cli import UsageError
 
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--prompts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        raise ArgumentError(f"--prompts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     base = os.path.dirname(os.path.abspath(path))
     items, failures, first_line = [], [], {}
     for number, text in enumerate(lines, 1):
@@ -160,10 +159,10 @@ def read_prompts(path: str, cfg, defaults: dict) -> tuple[list[Item], list[Failu
             continue
         item_id = record["id"]
         if not ID_PATTERN.fullmatch(item_id):
-            raise UsageError(f"--prompts {path}, line {number}: id {item_id!r:.60} is not safe as a file name "
+            raise ArgumentError(f"--prompts {path}, line {number}: id {item_id!r:.60} is not safe as a file name "
                              f"(use {ID_RULE})")
         if item_id.casefold() in first_line:
-            raise UsageError(f"--prompts {path}: id {item_id!r} on line {number} repeats line "
+            raise ArgumentError(f"--prompts {path}: id {item_id!r} on line {number} repeats line "
                              f"{first_line[item_id.casefold()]} (ids name the output files: make each unique)")
         first_line[item_id.casefold()] = number
         try:
@@ -171,7 +170,7 @@ def read_prompts(path: str, cfg, defaults: dict) -> tuple[list[Item], list[Failu
         except AudioXError as e:
             failures.append(Failure(number, item_id, str(e).splitlines()[0]))
     if not items and not failures:
-        raise UsageError(f"--prompts {path} holds no line: give one JSON object per line")
+        raise ArgumentError(f"--prompts {path} holds no line: give one JSON object per line")
     return items, failures
 
 
@@ -216,44 +215,42 @@ class BatchPlan:
 def _check_out_dir(out: str) -> str:
     import tempfile
 
-    from audiox_engine.cli import UsageError
 
     if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out} is a file: give a folder (created if missing)")
+        raise ArgumentError(f"--out {out} is a file: give a folder (created if missing)")
     try:
         os.makedirs(out, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".audiox-write-check-", dir=out)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there ({e.strerror}): choose another folder") from None
+        raise ArgumentError(f"--out {out}: cannot write there ({e.strerror}): choose another folder") from None
     return os.path.abspath(out)
 
 
-def plan_batch(args, group: Group) -> BatchPlan:
-    """Everything that can be checked without the model; UsageError / AudioXError otherwise."""
+def plan_batch(args, group: Group, model_plan) -> BatchPlan:
+    """Everything that can be checked without the model; AudioXError (ArgumentError mostly) otherwise."""
     from audiox_engine.audiox.arguments import check_generation_args
     from audiox_engine.audiox.errors import as_int
     from audiox_engine.audiox.media import output_format
     from audiox_engine.audiox.pipeline import SYNCHFORMER_FILE, find_synchformer, missing_synchformer_message
-    from audiox_engine.cli import UsageError, _model_plan
 
     single = [f for f, v in (("--prompt", args.prompt), ("--video", args.video), ("--audio", args.audio),
                              ("--video-sync", args.video_sync), ("-o", args.output)) if v is not None]
     single += ["--batch"] * (args.batch != 1) + ["--force"] * args.force
     if single:
-        raise UsageError(f"{', '.join(single)}: not with --prompts (each line gives its inputs; --out DIR, "
+        raise ArgumentError(f"{', '.join(single)}: not with --prompts (each line gives its inputs; --out DIR, "
                          "--batch-size N; finished ids are skipped, never overwritten)")
     if args.out is None:
-        raise UsageError("--prompts needs --out DIR, the folder for the clips and manifest.jsonl")
+        raise ArgumentError("--prompts needs --out DIR, the folder for the clips and manifest.jsonl")
     if args.zero_sync and args.synchformer is not None:
-        raise UsageError("give either --synchformer or --zero-sync, not both")
+        raise ArgumentError("give either --synchformer or --zero-sync, not both")
     if args.synchformer is not None and not os.path.isfile(args.synchformer):
-        raise UsageError(f"--synchformer: file not found: {args.synchformer}")
+        raise ArgumentError(f"--synchformer: file not found: {args.synchformer}")
     batch_size = as_int("--batch-size", 1 if args.batch_size is None else args.batch_size, minimum=1)
     extension = "." + (args.format or "wav")
     output_format("clip" + extension)  # MediaError when this machine cannot write it
-    model = _model_plan(args)
+    model = model_plan(args)
     model["device"] = _rank_device(args, model["device"], group)
     mode = "teacher" if args.teacher else "turbo"
     defaults = check_generation_args(model["cfg"], seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg,
@@ -264,7 +261,7 @@ def plan_batch(args, group: Group) -> BatchPlan:
     video = any(it.video is not None for it in items)
     if (video and not args.zero_sync and args.synchformer is None and model["kind"] == "folder"
             and find_synchformer(model["model"]) is None):
-        raise UsageError(missing_synchformer_message(os.path.join(model["model"], SYNCHFORMER_FILE)))
+        raise ArgumentError(missing_synchformer_message(os.path.join(model["model"], SYNCHFORMER_FILE)))
     return BatchPlan(model, items, sorted(failures + too_long, key=lambda f: f.line), _check_out_dir(args.out),
                      extension, batch_size, mode, defaults.steps, defaults.cfg_scale)
 
@@ -389,29 +386,30 @@ class _Maker:
 def _rank_device(args, device, group: Group):
     """The device of this rank: ``cuda:LOCAL_RANK`` for ``--device cuda`` under torchrun."""
     from audiox_engine.audiox.arguments import check_device
-    from audiox_engine.cli import UsageError
 
     if device.type != "cuda" or not group.launched:
         return device
     if device.index is not None and group.world > 1:
-        raise UsageError(f"--device {args.device} under torchrun: each rank takes cuda:LOCAL_RANK; give --device cuda")
+        raise ArgumentError(f"--device {args.device} under torchrun: each rank takes cuda:LOCAL_RANK; give --device cuda")
     return check_device(f"cuda:{group.local_rank}")
 
 
-def run_batch(args) -> int:
-    """``audiox generate --prompts ...``: the exit status (see the module docstring)."""
+def run_batch(args, model_plan, load_pipeline) -> int:
+    """``audiox generate --prompts ...``: the exit status (see the module docstring).
+
+    ``model_plan(args)`` and ``load_pipeline(args, plan)`` are the command's: the model of
+    ``--model`` / ``--t5`` / ``--device`` / ``--dtype`` checked without building it, then loaded."""
     from audiox_engine.audiox.errors import AudioXError
-    from audiox_engine.cli import UsageError
 
     group = Group.from_environment()
     try:
-        plan = plan_batch(args, group)
+        plan = plan_batch(args, group, model_plan)
         group.start()
         try:
-            return _run(args, plan, group)
+            return _run(args, plan, group, load_pipeline)
         finally:
             group.stop()
-    except (UsageError, AudioXError):
+    except AudioXError:
         if group.rank == 0:
             raise
         return 2  # the same refusal on every rank: rank 0 reports it
@@ -419,7 +417,6 @@ def run_batch(args) -> int:
 
 def _snapshot(plan: BatchPlan, group: Group) -> set[str]:
     """Rank 0's list of finished ids, on every rank; checks that every rank sees ``--out``."""
-    from audiox_engine.cli import UsageError
 
     done = None
     if group.rank == 0:
@@ -431,16 +428,14 @@ def _snapshot(plan: BatchPlan, group: Group) -> set[str]:
     unseen = group.check_shared_folder(plan.out)
     if unseen:
         group.remove_shared_marker()
-        raise UsageError(f"--out {plan.out}: rank(s) {', '.join(map(str, unseen))} do not see what rank 0 writes "
+        raise ArgumentError(f"--out {plan.out}: rank(s) {', '.join(map(str, unseen))} do not see what rank 0 writes "
                          "there: give a folder every rank sees (a shared file system)")
     return done
 
 
-def _run(args, plan: BatchPlan, group: Group) -> int:
+def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
     import torch
     from tqdm.auto import tqdm
-
-    from audiox_engine.cli import _load_pipeline
 
     done = _snapshot(plan, group)
     todo = [it for it in plan.items if it.id not in done]
@@ -448,7 +443,7 @@ def _run(args, plan: BatchPlan, group: Group) -> int:
     device = plan.model["device"]
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    pipe = _load_pipeline(args, plan.model)
+    pipe = load_pipeline(args, plan.model)
     digest = group.broadcast(weights_digest(pipe) if group.rank == 0 else None)
     if args.accelerate:
         from audiox_engine import engine

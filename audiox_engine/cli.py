@@ -292,7 +292,7 @@ def cmd_generate(args) -> int:
     if args.prompts is not None:
         from audiox_engine.batch import run_batch
 
-        return run_batch(args)
+        return run_batch(args, _model_plan, _load_pipeline)
     plan = _plan(args)
     pipe = _load_pipeline(args, plan)
     if args.accelerate:

@@ -9,6 +9,9 @@
   then the conditioning and VAE-decode stages alone (e2e_stages).
 - headline: teacher with CFG at N = 250, 100, 50, 25 and Turbo at 4 steps, end to end,
   for every backend asked for (headline).
+- throughput: clips per second against batch size, end to end with one generator per item,
+  as `audiox generate --prompts` makes them (throughput; `benchmarks/throughput.py`); run
+  by name only (`all` leaves it out).
 
 Every suite that times the model runs the engine's backends beside their peers
 (`workloads.PEERS`), measured in the same run, so the report can put the engine against
@@ -46,6 +49,7 @@ from tqdm import tqdm
 
 from audiox_engine.benchmarks import results, workloads
 from audiox_engine.benchmarks.runner import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR, BenchConfig, Runner, free_memory
+from audiox_engine.benchmarks.throughput import run_throughput
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +269,9 @@ def run_headline(r: Runner) -> None:
 
 
 SUITES = {"kernels": run_kernels, "dit": run_dit, "loops": run_loops, "e2e": run_e2e, "headline": run_headline}
+SUITES["throughput"] = run_throughput
+# Suites that `all` leaves out: studies of their own, run by name.
+BY_NAME_ONLY = ("throughput",)
 
 
 def run_suite(config: BenchConfig) -> dict:
@@ -276,7 +283,7 @@ def run_suite(config: BenchConfig) -> dict:
     if config.suite not in (*SUITES, "all"):
         raise ValueError(f"unknown suite {config.suite!r}; expected one of {(*SUITES, 'all')}")
     r = Runner(config)
-    names = tuple(SUITES) if config.suite == "all" else (config.suite,)
+    names = tuple(n for n in SUITES if n not in BY_NAME_ONLY) if config.suite == "all" else (config.suite,)
     try:
         for i, name in enumerate(names):
             tqdm.write(f"suite {name} on {r.device} (preset {config.preset}{', smoke' if config.smoke else ''})")
