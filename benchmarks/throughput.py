@@ -1,4 +1,5 @@
-"""The `throughput` suite: clips per second against batch size, end to end (group `throughput`).
+"""The `throughput` suite's rows (`suites.run_throughput`): clips per second against batch size,
+end to end (group `throughput`).
 
 One call makes `batch` clips the way `audiox generate --prompts` makes them: each item
 conditioned alone with its own generator, one sampler call for the batch (per-item noise),
@@ -21,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from audiox_engine.benchmarks import workloads
-from audiox_engine.benchmarks.runner import Runner, free_memory
+from audiox_engine.benchmarks.runner import Runner
 from audiox_engine.benchmarks.timing import timed_first_call
 
-__all__ = ["run_throughput", "throughput_workload", "batch_sizes", "THROUGHPUT_BACKENDS"]
+__all__ = ["measure_throughput", "throughput_workload", "batch_sizes", "THROUGHPUT_BACKENDS"]
 
 THROUGHPUT_BACKENDS = ("eager", "engine-bf16", "engine-fp32")
 
@@ -69,7 +70,8 @@ def throughput_workload(prep: workloads.Prepared, batch: int, steps: int,
         first_call_s=first_call_s)
 
 
-def _measure_batches(r: Runner, prep: workloads.Prepared, group: str) -> None:
+def measure_throughput(r: Runner, prep: workloads.Prepared, group: str = "throughput") -> None:
+    """One row per batch size, smallest first; a row estimated to overrun the budget is skipped."""
     steps = r.config.turbo_steps
     per_clip_s = None  # the last row's seconds per clip: the next row's estimate
     sizes = batch_sizes(r.device, r.config.smoke)
@@ -87,21 +89,3 @@ def _measure_batches(r: Runner, prep: workloads.Prepared, group: str) -> None:
         entry["metrics"]["load_average_1m_after"] = _load_average()
         per_clip_s = seconds / batch
         tqdm.write(f"  {group:9s} {name:28s} {batch / seconds:8.3f} clips/s")
-
-
-def run_throughput(r: Runner) -> None:
-    """Clips per second against batch size, for each backend asked for of THROUGHPUT_BACKENDS."""
-    group = "throughput"
-    backends = [b for b in r.config.backends if b in THROUGHPUT_BACKENDS]
-    base = None
-    for i, backend in enumerate(backends):
-        with r.share(len(backends) - i):
-            prep = r.attempt(f"prepare/{backend}", group,
-                             lambda: workloads.prepare_pipeline(r.config.preset, r.device, backend, base=base))
-            if prep is None:
-                continue
-            if backend == "eager":
-                base = prep
-            _measure_batches(r, prep, group)
-            prep = None
-            free_memory(r.device)
