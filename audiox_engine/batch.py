@@ -13,15 +13,16 @@ on which batch or process made it:
 - the sampler runs the batch, each row's noise drawn from its item's generator
   (``AudioXPipeline.sample`` with a list of generators);
 - every batch is padded to ``--batch-size`` rows (copies of its first item, with generators of
-  their own, discarded): on CPU fp32 the DiT's rows are bit-identical whatever their position
-  or neighbours in a batch of a given size, but not across sizes (matrix products are blocked
-  by size), so a fixed size keeps an item's bits independent of how the file was split;
+  their own, discarded): on CPU fp32 the DiT's rows came out bit-identical whatever their
+  position or neighbours in a batch of a given size, but not across sizes (matrix products
+  are blocked by size), so a fixed size keeps an item's bits independent of how the file was
+  split;
 - each clip is decoded alone (the ``tiny`` preset's DDSP decoder draws its noise excitation
   per batch row, and CPU convolutions round differently with the batch's shape).
 
-On CPU the result also depends on the threads per process (oneDNN's convolutions round
+On CPU the result also depends on the threads per process (the decoder's convolutions round
 differently with 1 and 2 threads): runs with the same ``--batch-size`` and threads per
-process give byte-identical files per id whatever their world size or order.
+process give byte-identical files per id whatever their world size or order (tested).
 
 Output: ``DIR/<id>.wav`` (or ``--format``), written atomically, and one line per finished
 item in ``DIR/manifest.jsonl``. While running, each rank appends its lines to
