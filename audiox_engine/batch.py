@@ -42,23 +42,18 @@ one folder all ranks see (checked before any work).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 
 from audiox_engine.audiox.errors import ArgumentError
 from audiox_engine.batch_io import Group, Journal, finished_records, merge_manifest, remove_stale_temporaries
+from audiox_engine.batch_prompts import Failure, Item, long_prompts, read_prompts
 
-__all__ = ["add_batch_arguments", "check_no_batch_flags", "run_batch", "read_prompts", "Item", "Failure",
-           "ID_PATTERN", "LINE_KEYS"]
+__all__ = ["add_batch_arguments", "check_no_batch_flags", "run_batch", "plan_batch", "BatchPlan", "weights_digest"]
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ID_RULE = "letters, digits, '.', '_' and '-', first a letter or digit, at most 128 characters"
-LINE_KEYS = ("id", "prompt", "video", "audio", "seconds", "seed")
 FORMATS = ("wav", "flac", "ogg", "mp3")
 
 
@@ -75,126 +70,12 @@ def add_batch_arguments(p) -> None:
 
 
 def check_no_batch_flags(args) -> None:
-
+    """One clip (no --prompts): refuse the flags of batch mode."""
     given = [f for f, v in (("--out", args.out), ("--batch-size", args.batch_size), ("--format", args.format))
              if v is not None]
     if given:
         raise ArgumentError(f"{', '.join(given)} {'go' if len(given) > 1 else 'goes'} with --prompts FILE.jsonl "
-                         "(one clip: -o FILE)")
-
-
-@dataclass
-class Item:
-    """One line of the prompt file, checked."""
-
-    id: str
-    line: int
-    prompt: str | None
-    video: str | None
-    audio: str | None
-    seconds: float
-    seed: int
-
-
-@dataclass
-class Failure:
-    """A line or an item that was not made, and why."""
-
-    line: int
-    id: str | None
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}" + (f" (id {self.id!r})" if self.id else "") + f": {self.reason}"
-
-
-# ----------------------------------------------------------------------------- the prompt file
-
-
-def _line_item(number: int, record: dict, base: str, defaults: dict, cfg) -> Item:
-    """The item of one parsed line; ArgumentError / MediaError naming what is wrong."""
-    from audiox_engine.audiox.arguments import SEED_RANGE, check_generation_args
-    from audiox_engine.audiox.errors import as_int
-
-    unknown = sorted(set(record) - set(LINE_KEYS))
-    if unknown:
-        raise ArgumentError(f"unknown key(s) {', '.join(map(repr, unknown))}: a line takes {', '.join(LINE_KEYS)}")
-    prompt, video, audio = (record.get(k) for k in ("prompt", "video", "audio"))
-    if prompt is None and video is None and audio is None:
-        raise ArgumentError("give at least one of prompt, video, audio")
-    for key, value in (("prompt", prompt), ("video", video), ("audio", audio)):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ArgumentError(f"{key} must be a non-empty string, got {value!r:.40}")
-    video, audio = (None if p is None else os.path.join(base, os.path.expanduser(p)) for p in (video, audio))
-    seed = as_int("seed", record.get("seed", defaults["seed"]), minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
-    checked = check_generation_args(cfg, text=prompt, video=video, audio=audio,
-                                    seconds=record.get("seconds", defaults["seconds"]))
-    return Item(record["id"], number, prompt, video, audio, checked.seconds, seed)
-
-
-def read_prompts(path: str, cfg, defaults: dict) -> tuple[list[Item], list[Failure]]:
-    """The items of a prompt file and the lines that are not items (blank lines aside).
-
-    Raises ArgumentError, before any work, for an unreadable file, an id unsafe as a file name, an
-    id given twice (letters' case aside: file systems may not tell them apart) or no item at all.
-    """
-    from audiox_engine.audiox.errors import AudioXError
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ArgumentError(f"--prompts {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    base = os.path.dirname(os.path.abspath(path))
-    items, failures, first_line = [], [], {}
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            failures.append(Failure(number, None, f"not JSON ({e.msg}, column {e.colno})"))
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            failures.append(Failure(number, None, 'not a JSON object with an "id" string'))
-            continue
-        item_id = record["id"]
-        if not ID_PATTERN.fullmatch(item_id):
-            raise ArgumentError(f"--prompts {path}, line {number}: id {item_id!r:.60} is not safe as a file name "
-                             f"(use {ID_RULE})")
-        if item_id.casefold() in first_line:
-            raise ArgumentError(f"--prompts {path}: id {item_id!r} on line {number} repeats line "
-                             f"{first_line[item_id.casefold()]} (ids name the output files: make each unique)")
-        first_line[item_id.casefold()] = number
-        try:
-            items.append(_line_item(number, record, base, defaults, cfg))
-        except AudioXError as e:
-            failures.append(Failure(number, item_id, str(e).splitlines()[0]))
-    if not items and not failures:
-        raise ArgumentError(f"--prompts {path} holds no line: give one JSON object per line")
-    return items, failures
-
-
-def _long_prompts(items: list[Item], t5_dir: str | None, strict: bool,
-                  warn: bool) -> tuple[list[Item], list[Failure]]:
-    """Prompts the text encoder would cut: a warning each (with ``warn``), or with --strict a failure each."""
-    from audiox_engine.audiox.text_encoder import load_tokenizer
-
-    if t5_dir is None or not os.path.isdir(t5_dir):
-        return items, []  # a random stand-in: the pipeline warns with the tokenizer it builds
-    tokenizer, max_length = load_tokenizer(t5_dir)
-    kept, failures = [], []
-    for it in items:
-        n = 0 if it.prompt is None else tokenizer.token_count(it.prompt)
-        if n > max_length:
-            what = f"the prompt takes {n} tokens and the text encoder reads {max_length}"
-            if strict:
-                failures.append(Failure(it.line, it.id, f"{what}: shorten it"))
-                continue
-            if warn:
-                print(f"audiox: warning: line {it.line} (id {it.id!r}): {what}: the rest is cut", file=sys.stderr)
-        kept.append(it)
-    return kept, failures
+                            "(one clip: -o FILE)")
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -202,6 +83,8 @@ def _long_prompts(items: list[Item], t5_dir: str | None, strict: bool,
 
 @dataclass
 class BatchPlan:
+    """A run's checked flags, its items and the lines that are not items."""
+
     model: dict
     items: list[Item]
     failures: list[Failure]
@@ -214,8 +97,8 @@ class BatchPlan:
 
 
 def _check_out_dir(out: str) -> str:
+    """``--out`` as an absolute path, created if missing, where a file can really be created."""
     import tempfile
-
 
     if os.path.exists(out) and not os.path.isdir(out):
         raise ArgumentError(f"--out {out} is a file: give a folder (created if missing)")
@@ -241,7 +124,7 @@ def plan_batch(args, group: Group, model_plan) -> BatchPlan:
     single += ["--batch"] * (args.batch != 1) + ["--force"] * args.force
     if single:
         raise ArgumentError(f"{', '.join(single)}: not with --prompts (each line gives its inputs; --out DIR, "
-                         "--batch-size N; finished ids are skipped, never overwritten)")
+                            "--batch-size N; finished ids are skipped, never overwritten)")
     if args.out is None:
         raise ArgumentError("--prompts needs --out DIR, the folder for the clips and manifest.jsonl")
     if args.zero_sync and args.synchformer is not None:
@@ -258,7 +141,7 @@ def plan_batch(args, group: Group, model_plan) -> BatchPlan:
                                      mode=mode, generator=args.seed, device=model["device"])
     items, failures = read_prompts(args.prompts, model["cfg"], {"seed": args.seed, "seconds": args.seconds})
     t5_dir = args.t5 or (os.path.join(model["folder"], "t5-base") if model["folder"] is not None else None)
-    items, too_long = _long_prompts(items, t5_dir, args.strict, warn=group.rank == 0)
+    items, too_long = long_prompts(items, t5_dir, args.strict, warn=group.rank == 0)
     video = any(it.video is not None for it in items)
     if (video and not args.zero_sync and args.synchformer is None and model["kind"] == "folder"
             and find_synchformer(model["model"]) is None):
@@ -430,17 +313,14 @@ def _snapshot(plan: BatchPlan, group: Group) -> set[str]:
     if unseen:
         group.remove_shared_marker()
         raise ArgumentError(f"--out {plan.out}: rank(s) {', '.join(map(str, unseen))} do not see what rank 0 writes "
-                         "there: give a folder every rank sees (a shared file system)")
+                            "there: give a folder every rank sees (a shared file system)")
     return done
 
 
-def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
+def _load(args, plan: BatchPlan, group: Group, load_pipeline, to_make: int):
+    """The pipeline of this rank (engine-accelerated with --accelerate) and the weights' digest."""
     import torch
-    from tqdm.auto import tqdm
 
-    done = _snapshot(plan, group)
-    todo = [it for it in plan.items if it.id not in done]
-    mine = todo[group.rank::group.world]
     device = plan.model["device"]
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -453,12 +333,21 @@ def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
     if group.rank == 0 and not args.quiet:
         if not pipe.trained:
             print(f"audiox: note: {pipe.source.detail}: the output is noise-like, not real audio", file=sys.stderr)
-        print(f"audiox: {len(plan.items) + len(plan.failures)} lines: {len(plan.items) - len(todo)} already done, "
-              f"{len(todo)} to make on {group.world} process(es), batch size {plan.batch_size}, {device}",
+        print(f"audiox: {len(plan.items) + len(plan.failures)} lines: {len(plan.items) - to_make} already done, "
+              f"{to_make} to make on {group.world} process(es), batch size {plan.batch_size}, {device}",
               file=sys.stderr)
+    return pipe, digest
+
+
+def _make(args, plan: BatchPlan, group: Group, pipe, digest: str, mine: list[Item]) -> tuple[int, list[Failure]]:
+    """This rank's items, a batch at a time: (how many were made, what failed)."""
+    import torch
+    from tqdm.auto import tqdm
+
     facts = {"model": plan.model["model"], "weights_sha256": digest, "mode": plan.mode, "steps": plan.steps,
-             "batch_size": plan.batch_size, "device": str(device), "dtype": str(plan.model["dtype"]).split(".")[-1],
-             "threads": torch.get_num_threads(), "normalize": args.normalize}
+             "batch_size": plan.batch_size, "device": str(pipe.device),
+             "dtype": str(plan.model["dtype"]).split(".")[-1], "threads": torch.get_num_threads(),
+             "normalize": args.normalize}
     if plan.mode == "teacher":
         facts["cfg_scale"] = plan.cfg_scale
     # no_grad as AudioXPipeline.__call__: some CPU kernels round differently when autograd records.
@@ -469,7 +358,18 @@ def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
                   file=sys.stderr) as bar:
             for start in range(0, len(mine), plan.batch_size):
                 maker.run_batch(mine[start:start + plan.batch_size], bar)
-    reports = group.gather((maker.made, maker.failures))
+    return maker.made, maker.failures
+
+
+def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
+    done = _snapshot(plan, group)
+    todo = [it for it in plan.items if it.id not in done]
+    mine = todo[group.rank::group.world]
+    report = (0, [])
+    if todo:  # the same on every rank: all load the model, or none does
+        pipe, digest = _load(args, plan, group, load_pipeline, len(todo))
+        report = _make(args, plan, group, pipe, digest, mine) if mine else report
+    reports = group.gather(report)
     made = sum(r[0] for r in reports)
     failures = sorted(plan.failures + [f for r in reports for f in r[1]], key=lambda f: f.line)
     if group.rank == 0:
