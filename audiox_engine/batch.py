@@ -278,43 +278,61 @@ def _rank_device(args, device, group: Group):
     return check_device(f"cuda:{group.local_rank}")
 
 
-def run_batch(args, model_plan, load_pipeline) -> int:
+def run_batch(args, model_plan, load_pipeline, report_error) -> int:
     """``audiox generate --prompts ...``: the exit status (see the module docstring).
 
-    ``model_plan(args)`` and ``load_pipeline(args, plan)`` are the command's: the model of
-    ``--model`` / ``--t5`` / ``--device`` / ``--dtype`` checked without building it, then loaded."""
-    from audiox_engine.audiox.errors import AudioXError
-
+    ``model_plan(args)``, ``load_pipeline(args, plan)`` and ``report_error(error) -> status`` are
+    the command's: the model of ``--model`` / ``--t5`` / ``--device`` / ``--dtype`` checked
+    without building it, then loaded, and a bad input's one line."""
     group = Group.from_environment()
+    group.start()
+    try:
+        try:
+            plan = _agreed_plan(args, group, model_plan)
+        except (ValueError, OSError) as e:  # a refusal, the same on every rank
+            status = report_error(e) if group.rank == 0 else 2
+            group.gather(None)  # nobody exits (and torchrun stops the rest) before rank 0 has said why
+            return status
+        return _run(args, plan, group, load_pipeline)
+    finally:
+        group.stop()
+
+
+def _agreed_plan(args, group: Group, model_plan) -> BatchPlan:
+    """Every rank's plan, or one refusal for all: rank 0's error when every rank failed the same
+    way, else each distinct error with the ranks that met it (a file one machine lacks, a GPU it
+    does not have). The output folder must be one that every rank sees."""
+    plan = error = None
     try:
         plan = plan_batch(args, group, model_plan)
-        group.start()
-        try:
-            return _run(args, plan, group, load_pipeline)
-        finally:
-            group.stop()
-    except AudioXError:
-        if group.rank == 0:
-            raise
-        return 2  # the same refusal on every rank: rank 0 reports it
+    except (ValueError, OSError) as e:  # the project's named errors, the command's UsageError
+        error = e
+    messages = group.gather(None if error is None else str(error).strip().splitlines()[0])
+    failed: dict[str, list[int]] = {}
+    for rank, message in enumerate(messages):
+        if message is not None:
+            failed.setdefault(message, []).append(rank)
+    if error is not None and failed == {messages[0]: list(range(group.world))}:
+        raise error
+    if failed:
+        raise ArgumentError("; ".join(f"rank {', '.join(map(str, ranks))}: {m}" for m, ranks in failed.items()))
+    unseen = group.check_shared_folder(plan.out)
+    if unseen:
+        group.remove_shared_marker()
+        raise ArgumentError(f"--out {plan.out}: rank(s) {', '.join(map(str, unseen))} do not see what rank 0 writes "
+                            "there: give a folder every rank sees (a shared file system)")
+    return plan
 
 
 def _snapshot(plan: BatchPlan, group: Group) -> set[str]:
-    """Rank 0's list of finished ids, on every rank; checks that every rank sees ``--out``."""
-
+    """Rank 0's list of finished ids, on every rank (after it removed what killed runs left)."""
     done = None
     if group.rank == 0:
         for f in plan.failures:
             print(f"audiox: error: {f}", file=sys.stderr)
         done = set(finished_records(plan.out))
         remove_stale_temporaries(plan.out, [it.id + plan.extension for it in plan.items if it.id not in done])
-    done = group.broadcast(done)
-    unseen = group.check_shared_folder(plan.out)
-    if unseen:
-        group.remove_shared_marker()
-        raise ArgumentError(f"--out {plan.out}: rank(s) {', '.join(map(str, unseen))} do not see what rank 0 writes "
-                            "there: give a folder every rank sees (a shared file system)")
-    return done
+    return group.broadcast(done)
 
 
 def _load(args, plan: BatchPlan, group: Group, load_pipeline, to_make: int):
@@ -376,6 +394,7 @@ def _run(args, plan: BatchPlan, group: Group, load_pipeline) -> int:
         listed = merge_manifest(plan.out)
         group.remove_shared_marker()
         _summary(plan, len(plan.items) - len(todo), made, failures, listed)
+    group.gather(None)  # nobody exits (and torchrun stops the rest) before rank 0 has merged
     return 1 if failures else 0
 
 

@@ -39,7 +39,7 @@ FLAGS = {"seconds": "--seconds", "steps": "--steps", "batch_size": "--batch", "c
          "seed": "--seed", "video_sync": "--video-sync", "device": "--device", "text": "--prompt"}
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A bad input of the command, reported on one line with exit status 2."""
 
 
@@ -292,7 +292,7 @@ def cmd_generate(args) -> int:
     if args.prompts is not None:
         from audiox_engine.batch import run_batch
 
-        return run_batch(args, _model_plan, _load_pipeline)
+        return run_batch(args, _model_plan, _load_pipeline, _report_error)
     plan = _plan(args)
     pipe = _load_pipeline(args, plan)
     if args.accelerate:
@@ -375,21 +375,26 @@ def _warnings_to_stderr():
         logger.propagate = propagate
 
 
-def _generate_reporting(argv: list[str]) -> int:
-    """``generate`` with every bad input reported on one line (exit status 2)."""
+def _report_error(e: Exception) -> int:
+    """A bad input on one line (``audiox: error: ...``); returns the exit status, 2."""
     from audiox_engine.audiox.errors import ArgumentError
 
-    try:
-        return _generate_main(argv)
-    except UsageError as e:
+    if isinstance(e, UsageError):
         print(f"audiox: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as e:
-        # The project's named errors (ArgumentError, ConfigError, CheckpointError, MediaError) are
-        # ValueErrors whose first line says what is wrong and what to do.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"audiox: error: {_flag_names(first) if isinstance(e, ArgumentError) else first}", file=sys.stderr)
-        return 2
+    # The project's named errors (ArgumentError, ConfigError, CheckpointError, MediaError) are
+    # ValueErrors whose first line says what is wrong and what to do.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"audiox: error: {_flag_names(first) if isinstance(e, ArgumentError) else first}", file=sys.stderr)
+    return 2
+
+
+def _generate_reporting(argv: list[str]) -> int:
+    """``generate`` with every bad input reported on one line (exit status 2)."""
+    try:
+        return _generate_main(argv)
+    except (ValueError, OSError) as e:  # UsageError and the project's named errors among them
+        return _report_error(e)
 
 
 class _Interrupts:

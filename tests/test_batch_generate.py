@@ -145,12 +145,24 @@ def test_bad_lines_and_failing_items_are_reported_and_skipped(capsys, tmp_path, 
     assert code == 1 and "0 made, 3 already done, 4 failed" in stdout, stdout + err
 
 
-def test_accelerate_runs_the_engine(capsys, tmp_path, loaded):
+def test_accelerate_runs_the_engine_and_format_picks_the_files(capsys, tmp_path, loaded):
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "rain"}, {"id": "b", "prompt": "wind"}])
     code, stdout, err = run(capsys, "generate", "--prompts", prompts, "--out", tmp_path / "out", "--seconds", "0.5",
-                            "--batch-size", "2", "--accelerate", "-q")
+                            "--batch-size", "2", "--accelerate", "--format", "flac", "-q")
     assert code == 0 and "2 made" in stdout, err
     assert manifest_ids(tmp_path / "out") == ["a", "b"]
+    assert sf.info(str(tmp_path / "out" / "a.flac")).format == "FLAC"
+
+
+def test_strict_fails_a_prompt_the_text_encoder_would_cut(capsys, tmp_path, loaded):
+    long = " ".join(["a loud square tone"] * 60)
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "short", "prompt": "rain"}, {"id": "long", "prompt": long}])
+    argv = ["generate", "--prompts", prompts, "--out", tmp_path / "out", "--seconds", "0.5", "-q"]
+    code, stdout, err = run(capsys, *argv, "--strict")
+    assert code == 1 and "line 2 (id 'long'): the prompt takes" in err and "shorten it" in err, err
+    assert manifest_ids(tmp_path / "out") == ["short"]
+    code, stdout, err = run(capsys, *argv)  # without --strict: made, with a warning
+    assert code == 0 and "1 made, 1 already done" in stdout and "the rest is cut" in err, stdout + err
 
 
 # ----------------------------------------------------------------------------- the manifest on disk
@@ -218,3 +230,12 @@ def test_killed_run_resumes_and_two_processes_write_the_same_bytes(tmp_path):
     for i in ids:
         assert (double / f"{i}.wav").read_bytes() == (single / f"{i}.wav").read_bytes(), i
     assert torch.from_numpy(sf.read(str(double / "clip00.wav"))[0]).abs().max() > 0
+
+
+def test_a_refusal_under_torchrun_is_reported_once(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    two = subprocess.run(_command("--prompts", prompts, "--out", tmp_path / "out", processes=2), cwd=ROOT,
+                         env=_environment(), capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in two.stderr.splitlines() if ln.startswith("audiox: ")]
+    assert two.returncode != 0 and lines == ["audiox: error: --prompts " + str(prompts) + ": id 'a' on line 2 "
+                                             "repeats line 1 (ids name the output files: make each unique)"], lines
