@@ -154,6 +154,17 @@ def test_accelerate_runs_the_engine_and_format_picks_the_files(capsys, tmp_path,
     assert sf.info(str(tmp_path / "out" / "a.flac")).format == "FLAC"
 
 
+def test_batch_size_one_writes_the_bytes_of_one_clip_generate(capsys, tmp_path, loaded):
+    prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": "wind", "seed": 5},
+                                                   {"id": "b", "prompt": "rain", "seed": 9, "seconds": 0.25}])
+    code, _, err = run(capsys, "generate", "--prompts", prompts, "--out", tmp_path / "out", "--seconds", "0.5", "-q")
+    assert code == 0, err
+    code, _, err = run(capsys, "generate", "--prompt", "rain", "--seed", "9", "--seconds", "0.25", "-o",
+                       tmp_path / "one.wav", "-q")
+    assert code == 0, err
+    assert (tmp_path / "one.wav").read_bytes() == (tmp_path / "out" / "b.wav").read_bytes()
+
+
 def test_strict_fails_a_prompt_the_text_encoder_would_cut(capsys, tmp_path, loaded):
     long = " ".join(["a loud square tone"] * 60)
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "short", "prompt": "rain"}, {"id": "long", "prompt": long}])
