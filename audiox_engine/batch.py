@@ -64,7 +64,7 @@ def add_batch_arguments(p) -> None:
                         "(paths relative to the file), 'seconds', 'seed' (default: --seconds, --seed); "
                         "writes --out DIR/<id>.wav and DIR/manifest.jsonl; a rerun skips finished ids")
     p.add_argument("--out", default=None, metavar="DIR", help="with --prompts: the output folder")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="with --prompts: clips sampled together (default 1; each clip's bits depend on it on CPU)")
     p.add_argument("--format", choices=FORMATS, default=None, help="with --prompts: output format (default wav)")
 
