@@ -274,7 +274,8 @@ def _rank_device(args, device, group: Group):
     if device.type != "cuda" or not group.launched:
         return device
     if device.index is not None and group.world > 1:
-        raise ArgumentError(f"--device {args.device} under torchrun: each rank takes cuda:LOCAL_RANK; give --device cuda")
+        raise ArgumentError(f"--device {args.device} under torchrun: each rank takes cuda:LOCAL_RANK; "
+                            "give --device cuda")
     return check_device(f"cuda:{group.local_rank}")
 
 
