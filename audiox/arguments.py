@@ -5,6 +5,7 @@
 config before building the model. Every refusal is an :class:`~audiox.errors.ArgumentError`
 (a missing file a :class:`~audiox.errors.MediaError`) naming the argument and the values it
 takes; no value is silently truncated (``steps=2.7`` and ``generator=1.5`` are refused).
+``generator`` is a generator or seed for the batch, or a list of them, one per item.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class GenerationArgs:
     steps: int
     cfg_scale: float
     mode: str
-    generator: torch.Generator | None
+    generator: torch.Generator | list[torch.Generator] | None  # a list: one per item
     batch_size: int
 
 
@@ -127,10 +128,18 @@ def check_generation_args(cfg: AudioXConfig, *, text=None, video=None, video_syn
         sizes["video_sync"] = video_sync.shape[0]
     if batch_size is not None:
         batch_size = as_int("batch_size", batch_size, minimum=1)
+    per_item = isinstance(generator, (list, tuple))
+    if per_item and not generator:
+        raise ArgumentError("generator: an empty list; give one torch.Generator (or seed) per item")
+    if per_item:
+        sizes["generator"] = len(generator)
     b = batch_size or max(sizes.values(), default=1)
     if any(n not in (1, b) for n in sizes.values()):
         given = ", ".join(f"{k} {n}" for k, n in sizes.items()) + (f", batch_size {batch_size}" if batch_size else "")
         raise ArgumentError(f"batch sizes differ ({given}): give each input 1 item or {b}")
+    if per_item and len(generator) != b:
+        raise ArgumentError(f"generator: a list holds one generator (or seed) per item; got {len(generator)} "
+                            f"for a batch of {b}")
 
     sr = cfg.sample_rate
     seconds = cfg.seconds if seconds is None else as_real("seconds", seconds)
@@ -144,7 +153,14 @@ def check_generation_args(cfg: AudioXConfig, *, text=None, video=None, video_syn
         cfg_scale = 1.0
     else:
         cfg_scale = TEACHER_CFG_SCALE if cfg_scale is None else as_real("cfg_scale", cfg_scale)
-    return GenerationArgs(text, video_sync, seconds, steps, cfg_scale, mode, _generator(generator, device), b)
+    if per_item:
+        generators = [_generator(g, device) for g in generator]
+        if None in generators or len({id(g) for g in generators}) != len(generators):
+            raise ArgumentError("generator: each item of the list needs its own torch.Generator or seed (no None, "
+                                "no generator given twice)")
+    else:
+        generators = _generator(generator, device)
+    return GenerationArgs(text, video_sync, seconds, steps, cfg_scale, mode, generators, b)
 
 
 def _generator(generator, device) -> torch.Generator | None:

@@ -36,7 +36,7 @@ from .checkpoint import match_state_dict, read_state_dict
 from .config import AudioXConfig, get_preset, load_model_config
 from .errors import ArgumentError, CheckpointError, ConfigError
 from .model import AudioXModel, synchformer_config_for
-from .sampling import ReferenceSampler, draw_noise
+from .sampling import Generators, ReferenceSampler, draw_noise
 from .synchformer import Synchformer, sync_pixels
 from .text_encoder import BYTE_TOKENIZER_MARK, load_text_encoder
 
@@ -317,20 +317,23 @@ class AudioXPipeline:
         video_sync: torch.Tensor | str | None = None,
         audio: str | os.PathLike | torch.Tensor | None = None,
         batch_size: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         mask_audio_prompt: bool = True,
     ) -> torch.Tensor:
         """Any subset of text / video / audio -> ``cross_attn_cond`` (B, 384, D) (conditioners + MAF).
 
         video_sync: Synchformer features (B, sync_len, D); None computes them from the video
         file with the pipeline's Synchformer (refused without one); ``"zeros"`` uses zero
-        features (a warning says so: not the release's conditioning).
+        features (a warning says so: not the release's conditioning). ``generator``: one, or a
+        list of one per item, each item then encoded alone with its own.
         """
         from .media import load_audio_prompt
 
         cc = self.model.conditioner.config
         if isinstance(text, str):
             text = [text]
+        if isinstance(generator, (list, tuple)) and batch_size is None:
+            batch_size = len(generator)
         video, video_sync = self._video_inputs(video, video_sync)
         if isinstance(audio, (str, os.PathLike)):
             audio = load_audio_prompt(
@@ -340,10 +343,14 @@ class AudioXPipeline:
             text = [""] * batch_size
         if batch_size is not None:  # one item (a prompt, a file) is repeated to the batch
             text, video, video_sync, audio = (_repeat(x, batch_size) for x in (text, video, video_sync, audio))
-        cond = self.model.conditioner(
-            text=text, video=video, video_sync=video_sync, audio=audio, device=self.device,
-            batch_size=None, generator=generator, mask_audio_prompt=mask_audio_prompt,
-        )
+        inputs = (text, video, video_sync, audio)
+        if not isinstance(generator, (list, tuple)):
+            return self._conditioning_tokens(inputs, generator, mask_audio_prompt)
+        return torch.cat([self._conditioning_tokens([None if x is None else x[i:i + 1] for x in inputs], g,
+                                                    mask_audio_prompt) for i, g in enumerate(generator)])
+
+    def _conditioning_tokens(self, inputs, generator, mask: bool) -> torch.Tensor:
+        cond = self.model.conditioner(*inputs, device=self.device, generator=generator, mask_audio_prompt=mask)
         return self.model.conditioning_tokens(cond).to(self.dtype)
 
     @torch.no_grad()
@@ -358,7 +365,7 @@ class AudioXPipeline:
         steps: int | None = None,
         cfg_scale: float | None = None,
         mode: str = "turbo",
-        generator: torch.Generator | int | None = None,
+        generator: torch.Generator | int | Sequence[torch.Generator | int] | None = None,
         batch_size: int | None = None,
         progress: bool = False,
         mask_audio_prompt: bool = True,
@@ -368,32 +375,40 @@ class AudioXPipeline:
         """Generate. Returns ``(waveform (B, 2, seconds * sr) float32, sample_rate)``, the decoder's
         output, not normalised (or ``(latents (B, 64, 236), sample_rate)`` with ``return_latents``).
 
-        One ``str`` prompt, file path or unbatched tensor is one item, repeated to the batch
-        (``batch_size``, or the length of the batched inputs). ``generator`` is a
-        ``torch.Generator`` on the pipeline's device or an integer seed. A prompt longer
-        than the text encoder reads is cut with a warning, once per prompt; with ``strict``
-        it raises :class:`ArgumentError`. Every argument is checked before any work
-        (:func:`check_generation_args`).
+        One ``str`` prompt, file path or unbatched tensor is one item, repeated to the batch (``batch_size``,
+        or the length of the batched inputs). ``generator`` is a ``torch.Generator`` on the pipeline's device
+        or an integer seed, or a list of them, one per item (each then conditioned, noised and decoded alone;
+        the sampler runs them together). A prompt longer than the text encoder reads is cut with a warning,
+        once per prompt; with ``strict`` it raises :class:`ArgumentError`. Every argument is checked before
+        any work (:func:`check_generation_args`).
         """
         args = check_generation_args(
             self.cfg, text=text, video=video, video_sync=video_sync, audio=audio, seconds=seconds, steps=steps,
             cfg_scale=cfg_scale, mode=mode, generator=generator, batch_size=batch_size, device=self.device)
         self._check_text_length(args.text, strict)
-        gen = args.generator
-        cond = self.encode_conditioning(args.text, video, args.video_sync, audio, args.batch_size, gen,
+        cond = self.encode_conditioning(args.text, video, args.video_sync, audio, args.batch_size, args.generator,
                                         mask_audio_prompt)
-        b = cond.shape[0]
-        dit = self.model.dit
-        shape = (b, self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
-        noise = draw_noise(shape, gen, self.device, self.dtype)
-        if args.mode == "turbo":
-            latents = self.sampler.turbo(dit, noise, cond, steps=args.steps, generator=gen, progress=progress)
-        else:
-            latents = self.sampler.teacher(dit, noise, cond, steps=args.steps, cfg_scale=args.cfg_scale,
-                                           progress=progress)
+        latents = self.sample(cond, steps=args.steps, cfg_scale=args.cfg_scale, mode=args.mode,
+                              generator=args.generator, progress=progress)
         if return_latents:
             return latents, self.cfg.sample_rate
-        return self.decode(latents, args.seconds), self.cfg.sample_rate
+        parts = latents.split(1) if isinstance(args.generator, list) else (latents,)  # per item: decoded alone
+        return torch.cat([self.decode(p, args.seconds) for p in parts]), self.cfg.sample_rate
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, *, steps: int | None = None, cfg_scale: float | None = None,
+               mode: str = "turbo", generator: Generators = None, progress: bool = False) -> torch.Tensor:
+        """Latents (B, 64, 236) from encode_conditioning's ``cond`` (B, 384, D); ``generator``: one, or one per item."""
+        if not isinstance(cond, torch.Tensor) or cond.dim() != 3:
+            raise ArgumentError(f"cond must be encode_conditioning's output (B, tokens, D), got {cond!r:.60}")
+        args = check_generation_args(self.cfg, steps=steps, cfg_scale=cfg_scale, mode=mode, generator=generator,
+                                     batch_size=cond.shape[0], device=self.device)
+        cond, dit = cond.to(self.device, self.dtype), self.model.dit
+        shape = (cond.shape[0], self.cfg.dit.io_channels, self.cfg.dit.latent_frames)
+        noise = draw_noise(shape, args.generator, self.device, self.dtype)
+        if args.mode == "turbo":
+            return self.sampler.turbo(dit, noise, cond, steps=args.steps, generator=args.generator, progress=progress)
+        return self.sampler.teacher(dit, noise, cond, steps=args.steps, cfg_scale=args.cfg_scale, progress=progress)
 
     def _check_text_length(self, texts: list[str] | None, strict: bool) -> None:
         conditioners = self.model.conditioner.conditioners

@@ -7,11 +7,15 @@ Determinism: all noise comes from an explicit :class:`torch.Generator` (or a see
 the same seed gives the same output on the same device. Drawing order matches the
 release (initial noise, then one fresh draw per re-noising step), so seeding the
 generator as the release seeds the global RNG reproduces its samples.
+
+Per-item noise: wherever a generator is taken, a list of generators (one per item of the
+batch) may be given instead; row i is then drawn from the i-th exactly as a batch of one
+would draw it from that generator, so an item's noise does not depend on its batch.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 __all__ = [
     "make_generator",
     "draw_noise",
+    "Generators",
     "turbo_timesteps",
     "teacher_timesteps",
     "sample_turbo",
@@ -36,6 +41,8 @@ TEACHER_STEPS = 250
 TEACHER_CFG_SCALE = 6.0
 
 VelocityFn = Callable[..., torch.Tensor]
+# One generator for the whole batch, one per item (row), or None (the global RNG).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator | None:
@@ -47,8 +54,20 @@ def make_generator(seed: int | torch.Generator | None, device: torch.device | st
     return g
 
 
-def draw_noise(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise from ``generator``, drawn in fp32 then cast (dtype-independent values)."""
+def draw_noise(shape, generator: Generators, device, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise from ``generator``, drawn in fp32 then cast (dtype-independent values).
+
+    With a list of generators (one per row, ``shape[0]`` distinct objects), row i is drawn
+    from the i-th with shape ``(1, *shape[1:])``: the values a batch of one draws from it.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: give one per item")
+        if len({id(g) for g in generator}) != len(generator):
+            raise ValueError("the same generator object appears twice in the list: each item needs its own "
+                             "(a shared one would advance once per row)")
+        rows = [torch.randn((1, *shape[1:]), generator=g, device=device, dtype=torch.float32) for g in generator]
+        return torch.cat(rows).to(dtype)
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
 
 
@@ -76,7 +95,7 @@ def sample_turbo(
     model_fn: VelocityFn,
     noise: torch.Tensor,
     steps: int = TURBO_STEPS,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     **model_kwargs,
@@ -85,6 +104,7 @@ def sample_turbo(
 
     ``model_fn(z, t, **model_kwargs)`` with ``z`` (B, C, T) and ``t`` (B,) returns ``v``.
     ``callback(i, x0)`` sees each step's clean estimate. Returns x0 in ``noise.dtype``.
+    ``generator``: one for the batch, or one per row (see :func:`draw_noise`).
     """
     ts = turbo_timesteps(steps).to(noise.device)
     b = noise.shape[0]
@@ -147,7 +167,7 @@ class ReferenceSampler:
     name = "reference"
 
     def turbo(self, dit, noise: torch.Tensor, cond: torch.Tensor, *, steps: int,
-              generator: torch.Generator | None, progress: bool = False) -> torch.Tensor:
+              generator: Generators, progress: bool = False) -> torch.Tensor:
         return sample_turbo(dit, noise, steps=steps, generator=generator, progress=progress, cross_attn_cond=cond)
 
     def teacher(self, dit, noise: torch.Tensor, cond: torch.Tensor, *, steps: int, cfg_scale: float,

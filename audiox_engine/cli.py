@@ -3,6 +3,7 @@
     audiox generate --prompt "a loud square tone at 523 Hz" -o tone.wav   # embedded tiny model
     audiox generate --prompt "..." --video clip.mp4 --model checkpoints/ --t5 t5-base/ -o out.wav
     audiox generate --video clip.mp4 --model checkpoints/ --synchformer synchformer_state_dict.pth -o out.wav
+    audiox generate --prompts prompts.jsonl --out clips/ --batch-size 8   # many clips (audiox_engine.batch)
     audiox bench --suite headline --smoke --out results.json
     audiox distill --toy --out runs/toy
 
@@ -30,6 +31,7 @@ DESCRIPTION = "audiox-engine: generate audio with AudioX-Turbo (text / video / a
 EPILOG = """examples:
   audiox generate --prompt "a loud square tone at 523 Hz" --seconds 5 -o tone.wav
   audiox generate --prompt "rain" --video clip.mp4 --model checkpoints/ --t5 t5-base/ -o rain.flac
+  audiox generate --prompts prompts.jsonl --out clips/ --batch-size 8     one clip per line
   audiox generate --help      every option of generate
 """
 # The pipeline's argument names, as this command spells them (its errors name the flag).
@@ -37,7 +39,7 @@ FLAGS = {"seconds": "--seconds", "steps": "--steps", "batch_size": "--batch", "c
          "seed": "--seed", "video_sync": "--video-sync", "device": "--device", "text": "--prompt"}
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A bad input of the command, reported on one line with exit status 2."""
 
 
@@ -50,6 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_generate_parser(sub) -> None:
     from audiox_engine.audiox.sampling import TEACHER_CFG_SCALE, TEACHER_STEPS
+    from audiox_engine.batch import add_batch_arguments
 
     p = sub.add_parser("generate", help="generate audio from text / video / audio prompts",
                        description="Generate audio from any of a text, video and audio prompt.")
@@ -83,10 +86,11 @@ def _build_generate_parser(sub) -> None:
                    help="none (default): the level the model made, so 'soft' and 'loud' differ; "
                         "peak: scale each clip to full scale (as the release's scripts do)")
     p.add_argument("--strict", action="store_true", help="refuse a prompt longer than the text encoder reads")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output", default=None,
                    help="output file; its extension picks the format: .wav, .flac (16-bit), .ogg, .mp3")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or 'wrote' lines")
+    add_batch_arguments(p)
 
 
 # ----------------------------------------------------------------------------- checks (no model)
@@ -216,16 +220,14 @@ def _check_video_sync(args, kind: str, model: str) -> None:
         raise UsageError(missing_synchformer_message(os.path.join(model, SYNCHFORMER_FILE)))
 
 
-def _plan(args):
-    """Everything about the arguments and paths that can be checked without building the model."""
+def _model_plan(args) -> dict:
+    """The model (preset or folder), its config, device and dtype, checked without building it."""
     import torch
 
     from audiox_engine.audiox.config import get_preset
-    from audiox_engine.audiox.pipeline import check_device, check_generation_args, embedded_folder, read_model_config
+    from audiox_engine.audiox.pipeline import check_device, embedded_folder, read_model_config
     from audiox_engine.audiox.text_encoder import check_text_encoder_dir
 
-    if args.prompt is None and args.video is None and args.audio is None:
-        raise UsageError("give at least one of --prompt, --video, --audio")
     if args.cfg is not None and not args.teacher:
         raise UsageError("--cfg applies to the teacher sampler (--teacher); the Turbo student runs without CFG")
     kind, model = _resolve_model(args.model)
@@ -235,7 +237,22 @@ def _plan(args):
     if args.t5 is not None:
         check_text_encoder_dir(args.t5)
     cfg = read_model_config(folder) if folder is not None else get_preset(model)
-    device = check_device(args.device)
+    return {"kind": kind, "model": model, "folder": folder, "cfg": cfg, "device": check_device(args.device),
+            "dtype": getattr(torch, args.dtype)}
+
+
+def _plan(args):
+    """Everything about the arguments and paths that can be checked without building the model."""
+    from audiox_engine.audiox.pipeline import check_generation_args
+    from audiox_engine.batch import check_no_batch_flags
+
+    check_no_batch_flags(args)
+    if args.prompt is None and args.video is None and args.audio is None:
+        raise UsageError("give at least one of --prompt, --video, --audio (or --prompts FILE.jsonl for many clips)")
+    if args.output is None:
+        raise UsageError("give the output file: -o FILE (e.g. -o out.wav)")
+    model_plan = _model_plan(args)
+    kind, model, folder, cfg, device = (model_plan[k] for k in ("kind", "model", "folder", "cfg", "device"))
     _check_video_sync(args, kind, model)
     video_sync = "zeros" if args.zero_sync else _read_sync(args.video_sync)
     checked = check_generation_args(
@@ -247,8 +264,7 @@ def _plan(args):
     if args.strict and args.prompt is not None:
         t5_dir = args.t5 or (os.path.join(folder, "t5-base") if folder is not None else None)
         _check_prompt_length(args.prompt, t5_dir)
-    return {"kind": kind, "model": model, "device": device, "dtype": getattr(torch, args.dtype),
-            "outputs": outputs, "format": fmt, "checked": checked}
+    return model_plan | {"outputs": outputs, "format": fmt, "checked": checked}
 
 
 # ----------------------------------------------------------------------------- generate
@@ -273,6 +289,10 @@ def _db(x: float) -> float:
 def cmd_generate(args) -> int:
     from audiox_engine.audiox.media import write_audio
 
+    if args.prompts is not None:
+        from audiox_engine.batch import run_batch
+
+        return run_batch(args, _model_plan, _load_pipeline, _report_error)
     plan = _plan(args)
     pipe = _load_pipeline(args, plan)
     if args.accelerate:
@@ -355,21 +375,26 @@ def _warnings_to_stderr():
         logger.propagate = propagate
 
 
-def _generate_reporting(argv: list[str]) -> int:
-    """``generate`` with every bad input reported on one line (exit status 2)."""
+def _report_error(e: Exception) -> int:
+    """A bad input on one line (``audiox: error: ...``); returns the exit status, 2."""
     from audiox_engine.audiox.errors import ArgumentError
 
-    try:
-        return _generate_main(argv)
-    except UsageError as e:
+    if isinstance(e, UsageError):
         print(f"audiox: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as e:
-        # The project's named errors (ArgumentError, ConfigError, CheckpointError, MediaError) are
-        # ValueErrors whose first line says what is wrong and what to do.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"audiox: error: {_flag_names(first) if isinstance(e, ArgumentError) else first}", file=sys.stderr)
-        return 2
+    # The project's named errors (ArgumentError, ConfigError, CheckpointError, MediaError) are
+    # ValueErrors whose first line says what is wrong and what to do.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"audiox: error: {_flag_names(first) if isinstance(e, ArgumentError) else first}", file=sys.stderr)
+    return 2
+
+
+def _generate_reporting(argv: list[str]) -> int:
+    """``generate`` with every bad input reported on one line (exit status 2)."""
+    try:
+        return _generate_main(argv)
+    except (ValueError, OSError) as e:  # UsageError and the project's named errors among them
+        return _report_error(e)
 
 
 class _Interrupts:

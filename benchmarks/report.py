@@ -32,6 +32,7 @@ GROUP_TITLES = {
     "dit": "One DiT forward",
     "kernels": "Kernels (fraction of this card's measured roofline)",
     "ceilings": "Measured ceilings of this card",
+    "throughput": "Throughput: clips per second against batch size (one generator per item)",
 }
 _GROUP_ORDER = ("headline", "e2e", "e2e_stages", "loops", "dit", "kernels", "ceilings")
 
@@ -254,6 +255,24 @@ def generic_table(run: dict, group: str) -> str:
                   rows)
 
 
+def throughput_table(run: dict, group: str = "throughput") -> str:
+    """Clips per second against batch size, with the load average around each row."""
+    entries = entries_of(run, group)
+    if not entries and not _skipped(run, group):
+        return NOT_MEASURED
+    rows = []
+    for e in entries:
+        m, p = e["metrics"], e["params"]
+        load = " → ".join(_num(m.get(k), "{:.2f}") for k in ("load_average_1m_before", "load_average_1m_after"))
+        rows.append([p["backend"], p.get("dtype", ""), str(e["batch"]), _num(m.get("clips_per_s")),
+                     format_ms(e["median_ms"]), f"{format_ms(e['p10_ms'])} – {format_ms(e['p90_ms'])}",
+                     _num(e["rtf"]), str(p.get("threads", "")), load])
+    for label, reason in _collapsed_skips(run, group):
+        rows.append([label, "", "", "skipped", "", "", "", "", reason])
+    return markdown_table(["backend", "dtype", "batch", "clips/s", "median per batch", "p10 – p90", "RTF", "threads",
+                           "load avg (1 min) before → after"], rows)
+
+
 def peer_ratios(run: dict, group: str) -> list[tuple[dict, dict[str, float]]]:
     """(engine entry, {peer backend: peer median / engine median}) for each engine row of
     `group` that has a peer of the same configuration (same name before the backend)."""
@@ -315,6 +334,8 @@ def render_run(run: dict, runs: list[dict], plots: dict[str, str] | None = None)
             out.append(headline_table(run, g))
         elif g == "kernels":
             out.append(kernels_table(run, runs))
+        elif g == "throughput":
+            out.append(throughput_table(run))
         else:
             out.append(generic_table(run, g))
         peers = peer_table(run, g)

@@ -9,6 +9,9 @@
   then the conditioning and VAE-decode stages alone (e2e_stages).
 - headline: teacher with CFG at N = 250, 100, 50, 25 and Turbo at 4 steps, end to end,
   for every backend asked for (headline).
+- throughput: clips per second against batch size, end to end with one generator per item,
+  as `audiox generate --prompts` makes them (throughput; `benchmarks/throughput.py`); run
+  by name only (`all` leaves it out).
 
 Every suite that times the model runs the engine's backends beside their peers
 (`workloads.PEERS`), measured in the same run, so the report can put the engine against
@@ -46,11 +49,12 @@ from tqdm import tqdm
 
 from audiox_engine.benchmarks import results, workloads
 from audiox_engine.benchmarks.runner import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR, BenchConfig, Runner, free_memory
+from audiox_engine.benchmarks.throughput import THROUGHPUT_BACKENDS, measure_throughput
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SUITES", "HEADLINE_TEACHER_STEPS", "SMOKE_STEP_DIVISOR", "BenchConfig", "run_suite",
-           "measure_dit_forwards", "measure_matrix", "measure_stages"]
+           "measure_dit_forwards", "measure_matrix", "measure_stages", "for_each_pipeline"]
 
 KERNEL_ROW_KEYS = ("kernel", "impl", "shape", "dtype")
 
@@ -224,23 +228,32 @@ def _measure_rows(r: Runner, group: str, level: str, prep, matrix) -> None:
             per_forward_s = entry["median_ms"] / 1e3 / (steps * forward_batch)
 
 
-def measure_stages(r: Runner, backends, group: str = "e2e_stages",
-                   stages: tuple[str, ...] = ("conditioning", "vae_decode")) -> None:
-    """The pipeline's stages around sampling, alone, for every backend."""
+def for_each_pipeline(r: Runner, backends, group: str, measure, label: str = "prepare") -> None:
+    """``measure(prep)`` for the pipeline of each backend, each in its share of the time budget
+    (the engine rows built from a copy of the eager row's weights)."""
     base = None
     for i, backend in enumerate(backends):
         with r.share(len(backends) - i):
-            prep = r.attempt(f"stages/{backend}", group,
+            prep = r.attempt(f"{label}/{backend}", group,
                              lambda: workloads.prepare_pipeline(r.config.preset, r.device, backend, base=base))
             if prep is None:
                 continue
             if backend == "eager":
                 base = prep
-            r.attempt(f"stages/{backend}", group, lambda: [
-                r.measure(w) for w in workloads.e2e_stage_workloads(prep, r.config.batch, group=group, stages=stages)],
-                share=False)
+            measure(prep)
             prep = None
             free_memory(r.device)
+
+
+def measure_stages(r: Runner, backends, group: str = "e2e_stages",
+                   stages: tuple[str, ...] = ("conditioning", "vae_decode")) -> None:
+    """The pipeline's stages around sampling, alone, for every backend."""
+    def measure(prep):
+        r.attempt(f"stages/{prep.backend}", group, lambda: [
+            r.measure(w) for w in workloads.e2e_stage_workloads(prep, r.config.batch, group=group, stages=stages)],
+            share=False)
+
+    for_each_pipeline(r, backends, group, measure, label="stages")
 
 
 def run_dit(r: Runner) -> None:
@@ -264,7 +277,16 @@ def run_headline(r: Runner) -> None:
     measure_matrix(r, "headline", "e2e", r.config.backends, step_matrix(r.config))
 
 
+def run_throughput(r: Runner) -> None:
+    """Clips per second against batch size, for each backend asked for of THROUGHPUT_BACKENDS."""
+    backends = [b for b in r.config.backends if b in THROUGHPUT_BACKENDS]
+    for_each_pipeline(r, backends, "throughput", lambda prep: measure_throughput(r, prep))
+
+
 SUITES = {"kernels": run_kernels, "dit": run_dit, "loops": run_loops, "e2e": run_e2e, "headline": run_headline}
+SUITES["throughput"] = run_throughput
+# Suites that `all` leaves out: studies of their own, run by name.
+BY_NAME_ONLY = ("throughput",)
 
 
 def run_suite(config: BenchConfig) -> dict:
@@ -276,7 +298,7 @@ def run_suite(config: BenchConfig) -> dict:
     if config.suite not in (*SUITES, "all"):
         raise ValueError(f"unknown suite {config.suite!r}; expected one of {(*SUITES, 'all')}")
     r = Runner(config)
-    names = tuple(SUITES) if config.suite == "all" else (config.suite,)
+    names = tuple(n for n in SUITES if n not in BY_NAME_ONLY) if config.suite == "all" else (config.suite,)
     try:
         for i, name in enumerate(names):
             tqdm.write(f"suite {name} on {r.device} (preset {config.preset}{', smoke' if config.smoke else ''})")

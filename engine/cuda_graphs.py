@@ -28,6 +28,9 @@ __all__ = ["TurboGraph", "TeacherStepGraph", "turbo_graph", "teacher_step_graph"
 
 
 def _source_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    if isinstance(generator, (list, tuple)):
+        raise ValueError("a TurboGraph draws from one generator; with one per item run engine.loops.turbo_loop "
+                         "(engine.sample_turbo does)")
     if generator is not None:
         if generator.device.type != "cuda":
             raise ValueError(f"the generator must be a CUDA generator for CUDA-graph sampling, got {generator.device}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from audiox_engine.audiox.sampling import draw_noise
+from audiox_engine.audiox.sampling import Generators, draw_noise
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT, PreparedConditioning
 from audiox_engine.engine.profiling import annotate
 
@@ -16,10 +16,11 @@ __all__ = ["turbo_loop"]
 
 
 def turbo_loop(dit: AcceleratedDiT, noise: torch.Tensor, prepared: PreparedConditioning,
-               ts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+               ts: torch.Tensor, generator: Generators) -> torch.Tensor:
     """The DMD loop on device, no host sync: ``x0 = z - t v``; re-noise; last step returns x0.
 
-    ts: (steps,) timesteps already on ``noise``'s device. Returns x0 in ``noise.dtype``.
+    ts: (steps,) timesteps already on ``noise``'s device. generator: one, or one per row (row i's
+    fresh noise from the i-th, see ``draw_noise``). Returns x0 in ``noise.dtype``.
     """
     steps = ts.shape[0]
     b = noise.shape[0]

@@ -5,6 +5,10 @@ fresh fp32 draw from ``generator`` per re-noising step), so the same seed gives 
 latent as the eager reference up to kernel rounding. With ``cuda_graph=True`` (default on
 CUDA when the DiT was accelerated with ``cuda_graphs=True``) the whole Turbo loop, fresh
 noise included, replays as one CUDA graph; the teacher replays one captured step.
+
+Per-item generators (a list, one per row, as ``audiox.sampling.draw_noise`` takes): the
+captured Turbo graph draws from one generator, so with a list the Turbo loop runs eagerly
+(``cuda_graph=None``) and ``cuda_graph=True`` is refused.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from audiox_engine.audiox.sampling import (TEACHER_CFG_SCALE, TEACHER_STEPS, TURBO_STEPS, teacher_timesteps,
-                                           turbo_timesteps)
+from audiox_engine.audiox.sampling import (TEACHER_CFG_SCALE, TEACHER_STEPS, TURBO_STEPS, Generators,
+                                           teacher_timesteps, turbo_timesteps)
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.cuda_graphs import teacher_step_graph, turbo_graph
 from audiox_engine.engine.loops import turbo_loop
@@ -40,12 +44,13 @@ def _want_graph(dit: AcceleratedDiT, x: torch.Tensor, cuda_graph: bool | None) -
 
 @torch.no_grad()
 def sample_turbo(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torch.Tensor,
-                 steps: int = TURBO_STEPS, generator: torch.Generator | None = None,
+                 steps: int = TURBO_STEPS, generator: Generators = None,
                  cuda_graph: bool | None = None) -> torch.Tensor:
     """Turbo (student) sampling: noise (B, C, T), cross_attn_cond (B, Nc, Dc) -> x0 (B, C, T).
 
     Conditioning is prepared once; each of ``steps`` forwards then costs only the time
-    embedding, one bias GEMM and the fused blocks.
+    embedding, one bias GEMM and the fused blocks. ``generator``: one, or one per row (then
+    the loop runs eagerly, outside any CUDA graph).
     """
     _check_dit(dit)
     if noise.dim() != 3:
@@ -54,6 +59,11 @@ def sample_turbo(dit: AcceleratedDiT, noise: torch.Tensor, cross_attn_cond: torc
     with annotate("engine/conditioning"):
         prepared = dit.prepare(cross_attn_cond)
     use_graph = _want_graph(dit, noise, cuda_graph)
+    if use_graph and isinstance(generator, (list, tuple)):
+        if cuda_graph:
+            raise ValueError("cuda_graph=True takes one generator (the captured loop draws from one); with one "
+                             "generator per item leave cuda_graph unset: the loop then runs eagerly")
+        use_graph = False
     if use_graph and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         # Fresh noise inside a graph needs graph-safe generators (PyTorch >= 2.5).
         if cuda_graph:
