@@ -2,7 +2,9 @@
 
 A line is ``{"id": ..., "prompt": ..., "video": ..., "audio": ..., "seconds": ..., "seed": ...}``:
 ``id`` is required and names the output file; ``video`` and ``audio`` are paths relative to the
-prompt file's folder; ``seconds`` and ``seed`` default to the run's flags. A line that is not
+prompt file's folder; ``seconds`` defaults to the run's flag, and ``seed`` to one derived from
+the run's ``--seed`` and the line's id (:func:`item_seed`), so lines without a seed get noise of
+their own, and an id's clip does not depend on where its line stands. A line that is not
 an item (not JSON, an unknown key, a value out of range, a missing file) is a ``Failure``
 with its line number, and the rest go on; ids that are unsafe as file names or given twice
 refuse the whole file before any work.
@@ -10,6 +12,7 @@ refuse the whole file before any work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,11 +21,18 @@ from dataclasses import dataclass
 
 from audiox_engine.audiox.errors import ArgumentError
 
-__all__ = ["Item", "Failure", "read_prompts", "long_prompts", "ID_PATTERN", "LINE_KEYS"]
+__all__ = ["Item", "Failure", "read_prompts", "long_prompts", "item_seed", "ID_PATTERN", "LINE_KEYS"]
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ID_RULE = "letters, digits, '.', '_' and '-', first a letter or digit, at most 128 characters"
 LINE_KEYS = ("id", "prompt", "video", "audio", "seconds", "seed")
+
+
+def item_seed(run_seed: int, item_id: str) -> int:
+    """The seed of a line that gives none: 63 bits of SHA-256 over the run's seed and the id
+    (stable across runs, processes and Python versions; recorded in the manifest)."""
+    digest = hashlib.sha256(f"{int(run_seed)}:{item_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass
@@ -67,7 +77,8 @@ def _line_item(number: int, record: dict, base: str, defaults: dict, cfg) -> Ite
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ArgumentError(f"{key} must be a file path (a non-empty string), got {value!r:.40}")
     video, audio = (None if p is None else os.path.join(base, os.path.expanduser(p)) for p in (video, audio))
-    seed = as_int("seed", record.get("seed", defaults["seed"]), minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+    seed = record["seed"] if "seed" in record else item_seed(defaults["seed"], record["id"])
+    seed = as_int("seed", seed, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
     checked = check_generation_args(cfg, text=prompt, video=video, audio=audio,
                                     seconds=record.get("seconds", defaults["seconds"]))
     return Item(record["id"], number, prompt, video, audio, checked.seconds, seed)

@@ -17,6 +17,7 @@ import soundfile as sf
 import torch
 
 from audiox_engine import cli
+from audiox_engine.batch_prompts import item_seed
 from audiox_engine.audiox import pipeline
 from audiox_engine.audiox.pipeline import AudioXPipeline
 from audiox_engine.batch_io import Journal, finished_records, merge_manifest, read_records
@@ -138,7 +139,9 @@ def test_bad_lines_and_failing_items_are_reported_and_skipped(capsys, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["audio.wav", "manifest.jsonl", "text.wav", "video.wav"]
     assert sf.info(str(out / "audio.wav")).frames == round(0.25 * 44100)
     records = read_records(str(out))
-    assert records["text"]["seed"] == 3 and records["video"]["seed"] == 0 and records["text"]["line"] == 1
+    assert records["text"]["seed"] == 3 and records["text"]["line"] == 1
+    # Lines without a seed: one derived from --seed (0 here) and the id, different per id.
+    assert records["video"]["seed"] == item_seed(0, "video") != records["audio"]["seed"] == item_seed(0, "audio")
     assert records["text"]["weights_sha256"] and records["text"]["batch_size"] == 2
     # A rerun makes nothing already made and reports the same failures.
     code, stdout, err = run(capsys, *argv)
@@ -250,3 +253,10 @@ def test_a_refusal_under_torchrun_is_reported_once(tmp_path):
     lines = [ln for ln in two.stderr.splitlines() if ln.startswith("audiox: ")]
     assert two.returncode != 0 and lines == ["audiox: error: --prompts " + str(prompts) + ": id 'a' on line 2 "
                                              "repeats line 1 (ids name the output files: make each unique)"], lines
+
+
+def test_item_seed_is_stable_and_differs_per_id():
+    assert item_seed(0, "a") == item_seed(0, "a")
+    assert len({item_seed(0, f"clip{i}") for i in range(100)}) == 100
+    assert item_seed(0, "a") != item_seed(1, "a")
+    assert 0 <= item_seed(2**63, "a") < 2**63
