@@ -295,9 +295,9 @@ def test_pipeline_object_with_dit_and_vae():
     assert [d["path"] for d in info["dits"]] == ["model"]
 
 
-def test_cpu_auto_falls_back_with_one_log_line(dit, caplog):
+def test_cpu_auto_picks_the_cpu_backend_with_one_log_line(dit, caplog):
     if torch.cuda.is_available():
-        pytest.skip("the fallback is a CPU behaviour")
+        pytest.skip("the CPU backend choice is a CPU behaviour")
     holder = nn.ModuleDict({
         "dit": dit,
         "vae": OobleckDecoder(VAEConfig(channels=4, c_mults=[1], strides=[2], latent_dim=8)),
@@ -306,10 +306,10 @@ def test_cpu_auto_falls_back_with_one_log_line(dit, caplog):
     with caplog.at_level(logging.INFO, logger="engine"):
         fast = engine.accelerate(holder, dtype=torch.float32)
     lines = [r for r in caplog.records if r.name == "engine"]
-    assert len(lines) == 1 and "reference" in lines[0].getMessage()
+    assert len(lines) == 1 and "CPU backend" in lines[0].getMessage()
     info = engine.describe(fast)
-    assert info["dits"][0]["backend"] == "reference" and info["dits"][0]["attention"] == "sdpa"
-    assert info["snake_beta"] == {"reference": n_snakes} and n_snakes > 0
+    assert info["dits"][0]["backend"] == "cpu" and info["dits"][0]["attention"] == "sdpa"
+    assert info["snake_beta"] == {"cpu": n_snakes} and n_snakes > 0
     x, t, c = inputs(b=1)
     with torch.no_grad():
         torch.testing.assert_close(fast["dit"](x, t, c), dit(x, t, c))
@@ -352,7 +352,7 @@ def test_attention_backends_agree_on_random_qkv():
 
 
 def test_bf16_dtype_casts_the_dit(dit):
-    fast = engine.accelerate(dit, backend="reference")  # default dtype: bf16
+    fast = engine.accelerate(dit, backend="reference", dtype=torch.bfloat16)
     assert fast.dtype == torch.bfloat16
     assert next(dit.parameters()).dtype == torch.float32  # the original is untouched
     x, t, c = inputs(b=1)
