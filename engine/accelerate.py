@@ -117,8 +117,10 @@ def accelerate(model_or_pipeline, *, backend: str = "auto", dtype: torch.dtype |
             if want is not None:
                 dit.to(want)
             param = next(dit.parameters())
-            if attention == "auto" and chosen in ("reference", "cpu"):
-                attn = "sdpa"  # plain PyTorch unless asked otherwise
+            if chosen == "cpu":
+                attn = "sdpa" if attention == "auto" else attention  # AcceleratedDiT refuses the others
+            elif attention == "auto" and chosen == "reference":
+                attn = "sdpa"  # the reference backend stays plain PyTorch unless asked otherwise
             else:
                 attn = resolve_attention(attention, device, param.dtype, triton_ok=chosen == "triton")
             accel = AcceleratedDiT(dit, chosen, attn, cuda_graphs=cuda_graphs and device.type == "cuda")

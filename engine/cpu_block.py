@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiox_engine.engine.cpu_gemm import packed_linear, packed_weight
 from audiox_engine.engine.discover import block_layout_problem
 
 __all__ = ["CPUDiTBlock", "ConvTaps", "unfold_conv_weight", "qkv_row_order"]
@@ -85,6 +86,9 @@ def _modulate_into(out: torch.Tensor, x: torch.Tensor, shift: torch.Tensor, scal
     return out.copy_(torch.addcmul(shift, h, scale_plus_one))
 
 
+_GEMM_WEIGHTS = ("qkv_weight", "linear1_weight", "ffn_w13", "ffn_w2")
+
+
 class CPUDiTBlock(nn.Module):
     """A CPU replacement for one official ``MMDitSingleBlock`` (same function).
 
@@ -92,7 +96,8 @@ class CPUDiTBlock(nn.Module):
     rows in [q | k | v] order, ``linear1_weight`` (D, 3D), ``ffn_w13`` (2H, 3D) (W1 rows
     then W3 rows), ``ffn_w2`` (D, 3H). The GEMMs run in these weights' dtype; everything
     between them (norms, modulation, gates, the residual stream, q/k RMSNorm and RoPE,
-    attention) in fp32.
+    attention) in fp32. bf16/fp16 weights are also packed for oneDNN on the first forward
+    (``engine.cpu_gemm``; a cache beside the buffers, dropped on ``.to()`` and on copy).
     """
 
     def __init__(self, block: nn.Module):
@@ -124,6 +129,30 @@ class CPUDiTBlock(nn.Module):
             self.register_buffer("linear1_bias", None if lin1_b is None else lin1_b.detach().clone())
             self.register_buffer("ffn_w13", w13)
             self.register_buffer("ffn_w2", unfold_conv_weight(block.ffn.w2.weight.detach()))
+        self._packed: dict[str, torch.Tensor | None] | None = None
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # packed copies of the old weights
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packed"] = None  # opaque oneDNN tensors cannot be copied or pickled
+        return state
+
+    @property
+    def gemm_kind(self) -> str:
+        """"onednn-packed" once packed weights are in use, else "aten" (F.linear)."""
+        packed = self._packed
+        return "onednn-packed" if packed and all(v is not None for v in packed.values()) else "aten"
+
+    def _linear(self, x: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self._packed is None:
+            self._packed = {k: packed_weight(getattr(self, k), x.shape[0] * x.shape[1]) for k in _GEMM_WEIGHTS}
+        packed = self._packed[name]
+        if packed is None:
+            return F.linear(x, getattr(self, name), bias)
+        return packed_linear(x, packed, bias)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.num_heads}x{self.head_dim}, hidden={self.hidden}, "
@@ -148,13 +177,14 @@ class CPUDiTBlock(nn.Module):
         qk.mul_(torch.rsqrt(qk.square().mean(-1, keepdim=True).add_(self.qk_eps)))
         c, s = cos[:, None, :], sin[:, None, :]  # (N, 1, d/2)
         even, odd = qk.chunk(2, dim=-1)  # the half-split layout: dims 0,2,4.. then 1,3,5..
-        rot = torch.empty_like(qk)
-        rot_even, rot_odd = rot.chunk(2, dim=-1)
+        # Rotated q and k are written head-major (B, 2H, N, d): SDPA reads contiguous heads.
+        rot_heads = qk.new_empty(b, 2 * h, n, d)
+        rot_even, rot_odd = rot_heads.transpose(1, 2).chunk(2, dim=-1)
         torch.mul(even, c, out=rot_even).addcmul_(odd, s, value=-1.0)
         torch.mul(odd, c, out=rot_odd).addcmul_(even, s)
-        q = rot[:, :, :h].transpose(1, 2)
-        k = rot[:, :, h:].transpose(1, 2)
-        v = qkv[..., 2 * dim:].reshape(b, n, h, d).transpose(1, 2).float()
+        q, k = rot_heads[:, :h], rot_heads[:, h:]
+        v = qkv.new_empty(b, h, n, d, dtype=torch.float32)
+        v.transpose(1, 2).copy_(qkv[..., 2 * dim:].reshape(b, n, h, d))
         a = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
         out.view(b, n, h, d).copy_(a.transpose(1, 2))
 
@@ -167,15 +197,15 @@ class CPUDiTBlock(nn.Module):
         b, n, d = x.shape
         gemm = self.qkv_weight.dtype
         h = _modulate_into(torch.empty(b, n, d, dtype=gemm, device=x.device), x, shift1, scale1, self.norm1_eps)
-        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)
+        qkv = self._linear(h, "qkv_weight", self.qkv_bias)
         taps = ConvTaps(b, n, d, gemm, x.device)
         self._attention_into(taps.center, qkv, cos, sin)
-        y = F.linear(taps.spread(), self.linear1_weight, self.linear1_bias)
+        y = self._linear(taps.spread(), "linear1_weight", self.linear1_bias)
         x = torch.addcmul(x, y, gate1).add_(time_bias[:, None, :])
         taps = ConvTaps(b, n, d, gemm, x.device)
         _modulate_into(taps.center, x, shift2, scale2, self.norm2_eps)
-        u = F.linear(taps.spread(), self.ffn_w13)  # (B, N, 2H): [w1 r | w3 r]
+        u = self._linear(taps.spread(), "ffn_w13")  # (B, N, 2H): [w1 r | w3 r]
         u1, u3 = u.chunk(2, dim=-1)
         taps = ConvTaps(b, n, self.hidden, gemm, x.device)
         torch.mul(F.silu(u1, inplace=True), u3, out=taps.center)
-        return torch.addcmul(x, F.linear(taps.spread(), self.ffn_w2), gate2)
+        return torch.addcmul(x, self._linear(taps.spread(), "ffn_w2"), gate2)

@@ -15,9 +15,10 @@ samples for 10 s) with a SnakeBeta before each. On CPU:
   where ``vae_dtype`` asks for it).
 - SnakeBeta: ``x + 1/(exp(beta)+1e-9) * sin(exp(alpha) x)^2`` is one pass over x through
   ``torch.compile`` (inductor's C++ backend, vectorised sin), compiled once per dtype
-  and layout with dynamic sizes; where compiling fails (no C++ compiler) it runs as four
-  in-place PyTorch ops. Its math is fp32 whatever the activations' dtype, and alpha and
-  beta stay fp32.
+  and layout with dynamic sizes (a one-off cost of seconds, see BENCHMARKS.md). Tensors
+  under ``COMPILE_MIN_ELEMENTS`` (a tiny VAE, a short clip), or any tensor where
+  compiling fails (no C++ compiler), run it as five in-place PyTorch ops instead. Its
+  math is fp32 whatever the activations' dtype, and alpha and beta stay fp32.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from torch import nn
 
 from audiox_engine.engine.discover import find_snake_betas, replace_module, snake_owner
 
-__all__ = ["ChannelsLastConv1d", "CPUSnakeBeta", "accelerate_vae_cpu", "snake_beta_cpu"]
+__all__ = ["ChannelsLastConv1d", "CPUSnakeBeta", "accelerate_vae_cpu", "snake_beta_cpu", "COMPILE_MIN_ELEMENTS"]
 
 logger = logging.getLogger("engine")
 
 # Outputs this narrow (the waveform) are returned contiguous: converting them costs nothing.
 _CONTIGUOUS_OUT_CHANNELS = 8
+# Below this many elements a SnakeBeta runs as PyTorch ops: the fused pass saves less than
+# a millisecond there, and a first call would pay the compile.
+COMPILE_MIN_ELEMENTS = 1 << 20
 
 
 def _folded_weight(conv: nn.Module) -> torch.Tensor:
@@ -130,7 +134,7 @@ def _snake_math(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> tor
 
 
 def _snake_eager(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """The same in four passes over x (no compiler): sin(a x), square, scale, add."""
+    """The same as PyTorch ops (no compiler): sin(a x), square, scale, add, in place."""
     a = alpha.exp()[None, :, None]
     inv = 1.0 / (beta.exp()[None, :, None] + 1e-9)
     xf = x.float()
@@ -165,7 +169,7 @@ _compiled_snake = _CompiledSnake()
 
 def snake_beta_cpu(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, compiled: bool = True) -> torch.Tensor:
     """SnakeBeta on CPU, one fused pass when ``compiled`` (see the module docstring)."""
-    if compiled and not torch.compiler.is_compiling():
+    if compiled and x.numel() >= COMPILE_MIN_ELEMENTS and not torch.compiler.is_compiling():
         return _compiled_snake(x, alpha, beta)
     return _snake_eager(x, alpha, beta)
 
