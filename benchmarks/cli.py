@@ -1,6 +1,6 @@
 """Command line: `bench`, `bench report`, `profile`.
 
-    bench [--suite kernels|dit|loops|e2e|headline|all] [--preset P] [--smoke] [--out results.json]
+    bench [--suite kernels|dit|loops|e2e|headline|all|cpu] [--preset P] [--smoke] [--out results.json]
     bench report RESULTS.json... [--md BENCHMARKS.md] [--plots DIR] [--compare OLD NEW --threshold 0.05]
     profile [--preset P] [--out trace.json]
 
@@ -20,13 +20,13 @@ import sys
 from pathlib import Path
 
 from audiox_engine.benchmarks import report, results
-from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, SUITES, BenchConfig, run_suite
+from audiox_engine.benchmarks.suites import HEADLINE_TEACHER_STEPS, OPT_IN_SUITES, SUITES, BenchConfig, run_suite
 from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
 
 
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Run benchmark suites and write a result JSON.")
-    p.add_argument("--suite", choices=SUITES + ("all",), default="headline")
+    p.add_argument("--suite", choices=SUITES + OPT_IN_SUITES + ("all",), default="headline")
     p.add_argument("--preset", default=None, help="model preset (default: audiox-turbo; tiny with --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny preset, teacher steps / 25, 2 repetitions: checks the harness in < 60 s on CPU")
@@ -39,6 +39,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=None, help="steady-state seconds per entry (sets reps)")
     p.add_argument("--reps", type=int, default=None, help="fixed repetitions (overrides --budget-s)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls after the first call")
+    p.add_argument("--depth", type=int, default=None, help="DiT blocks for --suite cpu (default: the preset's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for tiny CPU smoke runs on a busy machine)")
     return p
@@ -84,7 +85,7 @@ def bench_main(argv: list[str]) -> int:
                  "teacher_steps": _int_list(args.teacher_steps, "--teacher-steps"), "out": args.out}
     if args.preset:
         overrides["preset"] = args.preset
-    for key in ("budget_s", "reps", "warmup", "threads"):
+    for key in ("budget_s", "reps", "warmup", "threads", "depth"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     try:

@@ -10,6 +10,8 @@ Suites (the `group` of their entries in parentheses):
 - headline: teacher with CFG at N = 250, 100, 50, 25 and Turbo at 4 steps, each eager
   and through the engine (bf16, FP8, INT8), end to end when the pipeline exists, else
   over the sampling loops; the level used is recorded in every entry's params.
+- cpu (opt-in, not in "all"; benchmarks/cpu_suite.py): eager fp32, torch.compile of it,
+  engine fp32 and engine bf16 on the CPU, interleaved: DiT forward, Turbo loop, VAE decode (cpu).
 
 Smoke mode (`smoke=True`): tiny preset, teacher N divided by 25 (250 -> 10), no
 warm-up beyond the first call and two repetitions, so that CI can run the harness on 2
@@ -33,12 +35,14 @@ import torch
 from tqdm import tqdm
 
 from audiox_engine.benchmarks import results, telemetry, timing, workloads
+from audiox_engine.benchmarks.cpu_suite import run_cpu
 from audiox_engine.benchmarks.environment import capture_environment
 from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
 
 log = logging.getLogger(__name__)
 
 SUITES = ("kernels", "dit", "loops", "e2e", "headline")
+OPT_IN_SUITES = ("cpu",)  # run only when named, not by "all" (benchmarks/cpu_suite.py)
 HEADLINE_TEACHER_STEPS = (250, 100, 50, 25)
 SMOKE_STEP_DIVISOR = 25
 KERNEL_ROW_KEYS = ("kernel", "impl", "shape", "dtype", "ms_median", "ms_p10", "ms_p90")
@@ -64,12 +68,13 @@ class BenchConfig:
     max_reps: int = 30
     telemetry_interval_s: float = 0.05
     threads: int | None = None  # torch intra-op threads for CPU runs (None: leave as is)
+    depth: int | None = None  # DiT blocks for the cpu suite (None: the preset's)
     out: str | None = None
     notes: list = field(default_factory=list)
 
     def __post_init__(self):
-        if self.suite not in SUITES + ("all",):
-            raise ValueError(f"unknown suite {self.suite!r}; expected one of {SUITES + ('all',)}")
+        if self.suite not in SUITES + OPT_IN_SUITES + ("all",):
+            raise ValueError(f"unknown suite {self.suite!r}; expected one of {SUITES + OPT_IN_SUITES + ('all',)}")
         bad = [b for b in self.backends if b not in BACKENDS]
         if bad:
             raise ValueError(f"unknown backend(s) {bad}; expected some of {BACKENDS}")
@@ -399,7 +404,8 @@ def run_headline(r: Runner) -> None:
     _run_matrix(r, "headline", level)
 
 
-SUITE_FUNCS = {"kernels": run_kernels, "dit": run_dit, "loops": run_loops, "e2e": run_e2e, "headline": run_headline}
+SUITE_FUNCS = {"kernels": run_kernels, "dit": run_dit, "loops": run_loops, "e2e": run_e2e, "headline": run_headline,
+               "cpu": run_cpu}
 
 
 def run_suite(config: BenchConfig) -> dict:
