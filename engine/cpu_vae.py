@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiox_engine.engine.discover import find_snake_betas, replace_module, snake_owner
+from audiox_engine.engine.discover import replace_module, snake_owner
+from audiox_engine.engine.vae import swap_snake_betas
 
 __all__ = ["ChannelsLastConv1d", "CPUSnakeBeta", "accelerate_vae_cpu", "snake_beta_cpu", "COMPILE_MIN_ELEMENTS"]
 
@@ -209,7 +210,7 @@ def accelerate_vae_cpu(root: nn.Module, dtype: torch.dtype | None = None,
     convs swapped, what was skipped and why).
     """
     _, owner = snake_owner(root)
-    snakes = convs = 0
+    convs = 0
     skipped: list[str] = []
     for name, module in list(owner.named_modules()):
         if not name:
@@ -221,12 +222,5 @@ def accelerate_vae_cpu(root: nn.Module, dtype: torch.dtype | None = None,
                 continue
             replace_module(owner, name, ChannelsLastConv1d(module, dtype))
             convs += 1
-    for name, module in find_snake_betas(owner):
-        if getattr(module, "alpha_logscale", True) is False:
-            skipped.append(f"{name}: alpha_logscale=False (linear-scale SnakeBeta, kept eager)")
-            continue
-        if name == "":
-            raise ValueError("the root module is a SnakeBeta itself; pass its parent")
-        replace_module(owner, name, CPUSnakeBeta(module, compiled))
-        snakes += 1
-    return snakes, convs, skipped
+    snakes, snake_skips = swap_snake_betas(owner, "cpu", lambda snake: CPUSnakeBeta(snake, compiled))
+    return snakes, convs, skipped + snake_skips

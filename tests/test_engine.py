@@ -19,7 +19,7 @@ from audiox_engine.audiox.config import DiTConfig, get_preset
 from audiox_engine.audiox.dit import MMDiffusionTransformer, MMDiTWrapper
 from audiox_engine.audiox.vae import OobleckDecoder, SnakeBeta, VAEConfig
 from audiox_engine.engine.fused_block import FusedDiTBlock
-from helpers import randomize_, rel_err
+from helpers import cosine, dit_inputs, randomize_, rel_err
 from audiox_engine.kernels._dispatch import interpret_mode
 
 # The kernels run on CPU tensors only through Triton's interpreter (tests/conftest.py
@@ -32,20 +32,12 @@ SMALL = DiTConfig(embed_dim=96, depth=2, num_heads=12, cond_token_dim=64, global
                   mlp_ratio=2.0, latent_seq_len=17, num_cond_tokens=24)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-
-
 def make_dit(cfg: DiTConfig = SMALL, seed: int = 1) -> MMDiffusionTransformer:
     return randomize_(MMDiffusionTransformer(cfg), std=0.1, seed=seed).eval()
 
 
 def inputs(cfg: DiTConfig = SMALL, b: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cfg.io_channels, cfg.latent_frames, generator=g)
-    t = torch.rand(b, generator=g)
-    c = torch.randn(b, cfg.num_cond_tokens, cfg.cond_token_dim, generator=g)
-    return x, t, c
+    return dit_inputs(cfg, b, seed)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from audiox_engine.engine.cpu_gemm import packed_linear, packed_weight, packing_
 from audiox_engine.engine.cpu_vae import (COMPILE_MIN_ELEMENTS, ChannelsLastConv1d, CPUSnakeBeta,
                                           accelerate_vae_cpu, snake_beta_cpu)
 from audiox_engine.kernels import snake_beta_reference
-from helpers import randomize_, rel_err
+from helpers import cosine, dit_inputs, randomize_, rel_err
 
 # 8 heads of dim 12, 16 latent frames (+1 time token), 2 blocks, FFN hidden 256.
 SMALL = DiTConfig(embed_dim=96, depth=2, num_heads=12, cond_token_dim=64, global_cond_dim=0,
@@ -41,21 +41,13 @@ TOL_FP32 = 64 * math.sqrt(K_MAX) * EPS32 * GEMMS_IN_SEQUENCE
 TOL_BF16 = 4 * EPS_BF16 * math.sqrt(GEMMS_IN_SEQUENCE)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-
-
 def snr_db(got: torch.Tensor, want: torch.Tensor) -> float:
     noise = (got.double() - want.double()).pow(2).sum()
     return (10 * torch.log10(want.double().pow(2).sum() / noise.clamp_min(1e-300))).item()
 
 
-def inputs(cfg: DiTConfig = SMALL, b: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cfg.io_channels, cfg.latent_frames, generator=g)
-    t = torch.rand(b, generator=g)
-    c = torch.randn(b, cfg.num_cond_tokens, cfg.cond_token_dim, generator=g)
-    return x, t, c
+def inputs(b: int = 2, seed: int = 0):
+    return dit_inputs(SMALL, b, seed)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +56,9 @@ def dit():
 
 
 @pytest.fixture(scope="module")
-def fast32(dit):
-    return engine.accelerate(dit, backend="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def fast16(dit):
-    return engine.accelerate(dit, backend="cpu", dtype=torch.bfloat16)
+def fast(dit):
+    """The CPU backend on the same weights, GEMMs in fp32 and in bf16."""
+    return {dtype: engine.accelerate(dit, backend="cpu", dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -126,7 +114,8 @@ def test_block_matches_reference_block(dit):
     assert rel_err(got, want) < 64 * math.sqrt(K_MAX) * EPS32 * 4
 
 
-def test_prepare_hoists_one_plus_scale(dit, fast32):
+def test_prepare_hoists_one_plus_scale(dit, fast):
+    fast32 = fast[torch.float32]
     _, _, c = inputs(b=1, seed=3)
     prepared = fast32.prepare(c)
     assert prepared.block_modulation is not None and len(prepared.block_modulation) == SMALL.depth
@@ -143,7 +132,8 @@ def test_prepare_hoists_one_plus_scale(dit, fast32):
 # ----------------------------------------------------------------------------- the DiT
 
 
-def test_forward_parity_fp32(dit, fast32):
+def test_forward_parity_fp32(dit, fast):
+    fast32 = fast[torch.float32]
     assert isinstance(fast32, engine.AcceleratedDiT) and fast32.backend == "cpu"
     assert all(isinstance(b, CPUDiTBlock) for b in fast32.transformer.layers)
     x, t, c = inputs(b=2)
@@ -157,7 +147,8 @@ def test_forward_parity_fp32(dit, fast32):
     assert rel_err(got_cfg, want_cfg) < TOL_FP32
 
 
-def test_forward_bf16_against_the_fp32_reference(dit, fast16):
+def test_forward_bf16_against_the_fp32_reference(dit, fast):
+    fast16 = fast[torch.bfloat16]
     assert fast16.dtype == torch.bfloat16
     x, t, c = inputs(b=2, seed=4)
     with torch.no_grad():
@@ -168,7 +159,9 @@ def test_forward_bf16_against_the_fp32_reference(dit, fast16):
     assert cosine(got, want) > 0.999
 
 
-def test_turbo_loop_parity(dit, fast32, fast16):
+def test_turbo_loop_parity(dit, fast):
+    fast32 = fast[torch.float32]
+    fast16 = fast[torch.bfloat16]
     x, _, c = inputs(b=1, seed=5)
     want = ref_sampling.sample_turbo(dit, x, steps=4, generator=torch.Generator().manual_seed(6), cross_attn_cond=c)
     got32 = engine.sample_turbo(fast32, x, c, steps=4, generator=torch.Generator().manual_seed(6))
@@ -177,14 +170,16 @@ def test_turbo_loop_parity(dit, fast32, fast16):
     assert cosine(got16, want) >= 0.999
 
 
-def test_teacher_parity(dit, fast32):
+def test_teacher_parity(dit, fast):
+    fast32 = fast[torch.float32]
     x, _, c = inputs(b=1, seed=7)
     want = ref_sampling.sample_teacher(dit, x, steps=2, cfg_scale=5.0, cross_attn_cond=c)
     got = engine.sample_teacher(fast32, x, c, steps=2, cfg_scale=5.0)
     assert rel_err(got, want) < TOL_FP32
 
 
-def test_packed_weights_survive_copy_and_cast(dit, fast16):
+def test_packed_weights_survive_copy_and_cast(dit, fast):
+    fast16 = fast[torch.bfloat16]
     x, t, c = inputs(b=1, seed=8)
     with torch.no_grad():
         before = fast16(x, t, c)  # builds the packed cache
@@ -230,7 +225,8 @@ def test_cpu_probes_are_guarded(monkeypatch):
     assert info["bf16_fast"] == (info["amx"] or info["avx512_bf16"])
 
 
-def test_describe_reports_the_cpu_path(fast16):
+def test_describe_reports_the_cpu_path(fast):
+    fast16 = fast[torch.bfloat16]
     info = engine.describe(fast16)
     (d,) = info["dits"]
     assert d["backend"] == "cpu" and d["gemm_dtype"] == "bfloat16" and d["stream_dtype"] == "float32"
