@@ -274,3 +274,45 @@ def _run_vae(r, cfg, dit_cfg, params) -> None:
 
 def _free() -> None:
     gc.collect()
+
+
+# ---------------------------------------------------------------- report
+
+_WORKLOAD_TITLES = {"dit_forward": "one DiT forward", "turbo": "Turbo loop", "vae_decode": "VAE decode"}
+
+
+def render_markdown(run: dict) -> str:
+    """The cpu suite's table (medians, speed-ups, first calls, accuracy) from a result run."""
+    env = run["env"]
+    isa = env.get("cpu_isa") or {}
+    cfg = env.get("config", {})
+    first = next((e["params"] for e in run["entries"] if e["group"] == GROUP), {})
+    lines = [
+        f"_CPU: **{env.get('cpu_model')}** ({env.get('cpu_count_usable')} cores, {env.get('torch_num_threads')} "
+        f"threads) · ISA {isa.get('capability')}, AMX {isa.get('amx')}, AVX-512 BF16 {isa.get('avx512_bf16')} · "
+        f"torch {env.get('torch_version')} · date {env.get('date_utc')} · commit {(env['git'].get('commit') or '')[:10]}"
+        f" · width {first.get('width')}, depth {first.get('depth')}, batch {cfg.get('batch')} · load average at start "
+        f"{', '.join(f'{v:.2f}' for v in env.get('loadavg_at_start', []))}_",
+        "",
+        "| workload | row | median | vs eager | vs compiled | first call (compile) | accuracy vs eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for e in run["entries"]:
+        if e["group"] != GROUP:
+            continue
+        m, p = e["metrics"], e["params"]
+        title = _WORKLOAD_TITLES.get(p.get("workload"), p.get("workload"))
+        if p.get("workload") == "turbo":
+            title = f"Turbo {p.get('steps')}-step loop"
+        acc = ""
+        if "rel_err_vs_eager" in m:
+            acc = f"rel err {m['rel_err_vs_eager']:.1e}, cosine {m['cosine_vs_eager']:.6f}"
+            if "snr_db_vs_eager" in m:
+                acc += f", SNR {m['snr_db_vs_eager']:.1f} dB"
+        lines.append(
+            f"| {title} | {p['variant']} | {e['median_ms'] / 1e3:.3f} s | {m.get('speedup_vs_eager', float('nan')):.2f}x "
+            f"| {m.get('speedup_vs_compiled', float('nan')):.2f}x | {e['first_call_s']:.1f} s | {acc} |")
+    for s in run.get("skipped", []):
+        if s["group"] == GROUP:
+            lines.append(f"| {s['name']} | skipped | | | | | {s['reason']} |")
+    return "\n".join(lines) + "\n"
