@@ -235,9 +235,24 @@ def test_describe_reports_the_cpu_path(fast):
     assert info["cpu"]["dit_gemm_dtype"] == ["bfloat16"]
 
 
-def test_cpu_backend_refuses_other_attention(dit):
+def test_cpu_backend_refuses_other_attention_and_quantization(dit, fast):
     with pytest.raises(ValueError, match="attention must be 'auto' or 'sdpa'"):
         engine.accelerate(dit, backend="cpu", attention="flash")
+    with pytest.raises(ValueError, match="backend='reference' to quantize"):
+        engine.quantize_accelerated_(copy.deepcopy(fast[torch.float32]), engine.Int8WeightOnlyConfig())
+
+
+def test_official_layout_on_the_cpu_backend():
+    from test_engine_official_tree import ConditionedDiffusionModelWrapper, _inputs
+
+    official = randomize_(ConditionedDiffusionModelWrapper(), std=0.1, seed=23).eval()
+    fast = engine.accelerate(official, backend="cpu", dtype=torch.float32)
+    assert all(isinstance(b, CPUDiTBlock) for b in fast.model.model.transformer.layers)
+    x, t, c = _inputs(b=2, seed=24)
+    with torch.no_grad():
+        want = official.model(x, t, cross_attn_cond=c, cfg_scale=3.0)
+        got = fast.model(x, t, cross_attn_cond=c, cfg_scale=3.0)
+    assert rel_err(got, want) < TOL_FP32
 
 
 # ----------------------------------------------------------------------------- VAE
