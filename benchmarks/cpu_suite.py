@@ -183,6 +183,8 @@ def run_cpu(r) -> None:
 
     r.run["env"]["cpu_isa"] = dict(cpu_features())
     r.run["env"]["loadavg_at_start"] = list(os.getloadavg())
+    # Warm inductor caches make a compile row's first call seconds instead of a cold compile.
+    r.run["env"]["inductor_caches"] = os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "0") != "1"
     api, cfg, dit_cfg = _dit_config(r)
     batch = r.config.batch
     params = {"preset": r.config.preset, "width": dit_cfg.embed_dim, "depth": dit_cfg.depth, "batch": batch,
