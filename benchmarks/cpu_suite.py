@@ -179,6 +179,17 @@ def _accelerate(obj, dtype: torch.dtype, **kwargs):
     return engine.accelerate(obj, backend="cpu", dtype=dtype, **kwargs)
 
 
+def _cast_copy(module, dtype: torch.dtype):
+    """A deep copy whose floating tensors are cast while copying: the peak is the copy in
+    ``dtype``, not a second fp32 model (a depth-24 bf16 engine fits beside the eager one)."""
+    memo = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            cast = t.detach().to(dtype, copy=True)
+            memo[id(t)] = torch.nn.Parameter(cast, requires_grad=False) if isinstance(t, torch.nn.Parameter) else cast
+    return copy.deepcopy(module, memo)
+
+
 def _compiled(module):
     return torch.compile(module)
 
@@ -208,7 +219,7 @@ def run_cpu(r) -> None:
 
     def engine_dit(dtype):
         if dtype not in engines:
-            engines[dtype] = _accelerate(copy.deepcopy(eager), dtype, inplace=True)
+            engines[dtype] = _accelerate(_cast_copy(eager, dtype), dtype, inplace=True)
         return engines[dtype]
 
     compiled_dit = _compiled(eager)

@@ -153,7 +153,9 @@ class AcceleratedDiT(nn.Module):
         if key not in self._rope_cache:
             d2 = self.head_dim // 2
             rot = self._model_rot
-            if rot is not None and rot.dim() == 5 and rot.shape[1] == n and rot.shape[2] == d2:
+            # A table cast to bf16/fp16 with the model has lost its angles' low bits: recompute.
+            exact = rot is not None and rot.dtype in (torch.float32, torch.float64)
+            if exact and rot.dim() == 5 and rot.shape[1] == n and rot.shape[2] == d2:
                 # The model's own table: rot[..., i, j] is [[cos, -sin], [sin, cos]].
                 rot = rot.to(self.device, torch.float32)
                 cos, sin = rot[0, :, :, 0, 0].contiguous(), rot[0, :, :, 1, 0].contiguous()
