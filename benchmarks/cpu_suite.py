@@ -339,11 +339,18 @@ def render_markdown(run: dict) -> str:
             acc = f"rel err {m['rel_err_vs_eager']:.1e}, cosine {m['cosine_vs_eager']:.6f}"
             if "snr_db_vs_eager" in m:
                 acc += f", SNR {m['snr_db_vs_eager']:.1f} dB"
-        lines.append(
-            f"| {title} | {p['variant']} | {e['median_ms'] / 1e3:.3f} s | {m.get('speedup_vs_eager', float('nan')):.2f}x "
-            f"| {m.get('speedup_vs_compiled', float('nan')):.2f}x | {m.get('cpu_time_speedup_vs_eager', float('nan')):.2f}x "
-            f"| {e['first_call_s']:.1f} s | {acc} |")
+        ratios = " | ".join(f"{m[k]:.2f}x" if k in m else "n/a"
+                            for k in ("speedup_vs_eager", "speedup_vs_compiled", "cpu_time_speedup_vs_eager"))
+        lines.append(f"| {title} | {p['variant']} | {e['median_ms'] / 1e3:.3f} s | {ratios} "
+                     f"| {e['first_call_s']:.1f} s | {acc} |")
     for s in run.get("skipped", []):
         if s["group"] == GROUP:
             lines.append(f"| {s['name']} | skipped | | | | | | {s['reason']} |")
+    loads = {}
+    for e in run["entries"]:
+        if e["group"] == GROUP:
+            loads.setdefault(e["name"].split("/")[0], (e["metrics"]["loadavg_before"][0],
+                                                       e["metrics"]["loadavg_after"][0]))
+    lines += ["", "Load average (1 min) before -> after each workload's rows: "
+              + "; ".join(f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in loads.items()) + "."]
     return "\n".join(lines) + "\n"
