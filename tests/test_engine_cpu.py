@@ -297,6 +297,7 @@ def test_vae_bf16_convs_against_fp32():
     assert rel_err(got.float(), want) < 8 * EPS_BF16 * math.sqrt(11)
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated:FutureWarning")  # the old hook form, on purpose
 @pytest.mark.parametrize("style", ["parametrize", "hook"])
 def test_vae_weight_norm_is_folded_once(style):
     dec = _vae(seed=14)
