@@ -18,6 +18,7 @@ from torch import nn
 from audiox_engine.engine.accelerated_dit import AcceleratedDiT
 from audiox_engine.engine.attention import available_attention_backends, resolve_attention
 from audiox_engine.engine.cpu_features import auto_cpu_dtype, cpu_features
+from audiox_engine.engine.cpu_gemm import packing_available
 from audiox_engine.engine.cpu_vae import ChannelsLastConv1d, CPUSnakeBeta, accelerate_vae_cpu
 from audiox_engine.engine.discover import find_dits, find_snake_betas, replace_module, snake_owner
 from audiox_engine.engine.sampling import EngineSampler
@@ -211,6 +212,7 @@ def describe(model) -> dict:
             }
             if m.backend == "cpu":
                 entry["gemm_dtype"] = entry["dtype"]
+                entry["gemm_weights"] = "onednn-packed" if packing_available(m.dtype) else "plain"
                 entry["stream_dtype"] = "float32"
                 entry["hoisted"] += _CPU_BLOCK_HOISTED
             dits.append(entry)

@@ -172,8 +172,7 @@ class CPUDiTBlock(nn.Module):
         """[q | k | v] (B, N, 3D) -> softmax attention written into out (B, N, D), math in fp32."""
         b, n, _ = qkv.shape
         h, d, dim = self.num_heads, self.head_dim, self.dim
-        qk = qkv[..., :2 * dim].reshape(b, n, 2 * h, d)
-        qk = qk.float() if qk.dtype != torch.float32 else qk.clone()
+        qk = qkv[..., :2 * dim].reshape(b, n, 2 * h, d).float()  # in place below: qkv is this call's own
         qk.mul_(torch.rsqrt(qk.square().mean(-1, keepdim=True).add_(self.qk_eps)))
         c, s = cos[:, None, :], sin[:, None, :]  # (N, 1, d/2)
         even, odd = qk.chunk(2, dim=-1)  # the half-split layout: dims 0,2,4.. then 1,3,5..

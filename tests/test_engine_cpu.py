@@ -230,6 +230,7 @@ def test_describe_reports_the_cpu_path(fast):
     info = engine.describe(fast16)
     (d,) = info["dits"]
     assert d["backend"] == "cpu" and d["gemm_dtype"] == "bfloat16" and d["stream_dtype"] == "float32"
+    assert d["gemm_weights"] == ("onednn-packed" if packing_available(torch.bfloat16) else "plain")
     assert any("one_plus_scale" in h for h in d["hoisted"])
     assert info["cpu"]["isa"] == cpu_features_mod.cpu_features()
     assert info["cpu"]["dit_gemm_dtype"] == ["bfloat16"]
