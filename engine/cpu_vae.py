@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiox_engine.engine.discover import replace_module, snake_owner
+from audiox_engine.engine.discover import find_snake_betas, replace_module
 from audiox_engine.engine.vae import swap_snake_betas
 
 __all__ = ["ChannelsLastConv1d", "CPUSnakeBeta", "accelerate_vae_cpu", "snake_beta_cpu", "COMPILE_MIN_ELEMENTS"]
@@ -204,23 +204,24 @@ class CPUSnakeBeta(nn.Module):
 
 def accelerate_vae_cpu(root: nn.Module, dtype: torch.dtype | None = None,
                        compiled: bool = True) -> tuple[int, int, list[str]]:
-    """Swap the VAE's convs and SnakeBetas under ``root`` for the CPU path, in place.
+    """Swap the VAE convs and SnakeBetas under ``root`` for the CPU path, in place.
 
-    dtype: the convolutions' dtype (None keeps the weights'). Returns (SnakeBetas swapped,
-    convs swapped, what was skipped and why).
+    A conv belongs to a VAE when a SnakeBeta sits beside it (the same parent module: every
+    Oobleck conv does, in its ``layers`` sequence); other convs under ``root`` (the DiT's,
+    a conditioner's) keep their layout. dtype: the convolutions' dtype (None keeps the
+    weights'). Returns (SnakeBetas swapped, convs swapped, what was skipped and why).
     """
-    _, owner = snake_owner(root)
+    snake_parents = {name.rpartition(".")[0] for name, _ in find_snake_betas(root)}
     convs = 0
     skipped: list[str] = []
-    for name, module in list(owner.named_modules()):
-        if not name:
+    for name, module in list(root.named_modules()):
+        if not isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) or name.rpartition(".")[0] not in snake_parents:
             continue
-        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
-            problem = conv_swap_problem(module)
-            if problem is not None:
-                skipped.append(f"{name}: {problem}; kept eager")
-                continue
-            replace_module(owner, name, ChannelsLastConv1d(module, dtype))
-            convs += 1
-    snakes, snake_skips = swap_snake_betas(owner, "cpu", lambda snake: CPUSnakeBeta(snake, compiled))
+        problem = conv_swap_problem(module)
+        if problem is not None:
+            skipped.append(f"{name}: {problem}; kept eager")
+            continue
+        replace_module(root, name, ChannelsLastConv1d(module, dtype))
+        convs += 1
+    snakes, snake_skips = swap_snake_betas(root, "cpu", lambda snake: CPUSnakeBeta(snake, compiled))
     return snakes, convs, skipped + snake_skips
