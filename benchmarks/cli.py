@@ -1,6 +1,6 @@
 """Command line: `bench`, `bench report`, `profile`.
 
-    bench [--suite kernels|dit|loops|e2e|headline|all] [--preset P] [--smoke] [--out results.json]
+    bench [--suite kernels|dit|loops|e2e|headline|throughput|cpu|all] [--preset P] [--smoke] [--out results.json]
           [--backends ...] [--time-budget-s S]
     bench report RESULTS.json... [--md BENCHMARKS.md] [--plots DIR] [--compare OLD NEW --threshold 0.05]
     profile [--preset P] [--out trace.json]
@@ -43,6 +43,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls after the first call")
     p.add_argument("--time-budget-s", type=float, default=None,
                    help="seconds for the whole run: rows not started by then are recorded as skipped")
+    p.add_argument("--depth", type=int, default=None, help="DiT blocks for --suite cpu (default: the preset's)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest for tiny CPU smoke runs on a busy machine)")
     return p
@@ -88,7 +89,7 @@ def bench_main(argv: list[str]) -> int:
                  "teacher_steps": _int_list(args.teacher_steps, "--teacher-steps"), "out": args.out}
     if args.preset:
         overrides["preset"] = args.preset
-    for key in ("budget_s", "reps", "warmup", "threads", "time_budget_s"):
+    for key in ("budget_s", "reps", "warmup", "threads", "time_budget_s", "depth"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     try:

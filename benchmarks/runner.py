@@ -58,6 +58,7 @@ class BenchConfig:
     time_budget_s: float | None = None  # the whole run; see the module docstring
     telemetry_interval_s: float = 0.05
     threads: int | None = None  # torch intra-op threads for CPU runs (None: leave as is)
+    depth: int | None = None  # DiT blocks for the cpu suite (None: the preset's)
     out: str | None = None
     notes: list = field(default_factory=list)
 

@@ -12,6 +12,9 @@
 - throughput: clips per second against batch size, end to end with one generator per item,
   as `audiox generate --prompts` makes them (throughput; `benchmarks/throughput.py`); run
   by name only (`all` leaves it out).
+- cpu: eager fp32, torch.compile of it, engine fp32 and engine bf16 on the CPU, rows
+  interleaved: DiT forward, Turbo loop, VAE decode (cpu; `benchmarks/cpu_suite.py`); run by
+  name only.
 
 Every suite that times the model runs the engine's backends beside their peers
 (`workloads.PEERS`), measured in the same run, so the report can put the engine against
@@ -26,13 +29,15 @@ run in bf16, the `eager` row would be that precision. On CPU `eager` is already 
 
 A suite is a function of the `Runner` registered in `SUITES`; it composes the measuring
 steps below, each of which takes its backends (and steps) explicitly. A new suite is one
-small function, e.g. DiT forward, Turbo loop and VAE decode for some CPU backends:
+small function, e.g. DiT forward, Turbo loop and VAE decode for some backends:
 
-    def run_cpu(r):
-        backends = ("eager", "engine-fp32", "engine-bf16", "compile")
-        measure_dit_forwards(r, backends, group="cpu")
-        measure_matrix(r, "cpu", "loops", backends, [("turbo", r.config.turbo_steps)])
-        measure_stages(r, backends, "cpu", stages=("vae_decode",))
+    def run_mine(r):
+        backends = ("eager", "engine-bf16", "compile")
+        measure_dit_forwards(r, backends, group="mine")
+        measure_matrix(r, "mine", "loops", backends, [("turbo", r.config.turbo_steps)])
+        measure_stages(r, backends, "mine", stages=("vae_decode",))
+
+The cpu suite has its own measuring loop, which interleaves its rows.
 
 Smoke mode (`BenchConfig.smoke_defaults`): tiny preset, teacher N divided by 25, two
 repetitions, kernel modules in their quick mode; it checks the harness on 2 CPU cores.
@@ -48,6 +53,7 @@ import torch
 from tqdm import tqdm
 
 from audiox_engine.benchmarks import results, workloads
+from audiox_engine.benchmarks.cpu_suite import run_cpu
 from audiox_engine.benchmarks.runner import HEADLINE_TEACHER_STEPS, SMOKE_STEP_DIVISOR, BenchConfig, Runner, free_memory
 from audiox_engine.benchmarks.throughput import THROUGHPUT_BACKENDS, measure_throughput
 
@@ -285,8 +291,9 @@ def run_throughput(r: Runner) -> None:
 
 SUITES = {"kernels": run_kernels, "dit": run_dit, "loops": run_loops, "e2e": run_e2e, "headline": run_headline}
 SUITES["throughput"] = run_throughput
+SUITES["cpu"] = run_cpu
 # Suites that `all` leaves out: studies of their own, run by name.
-BY_NAME_ONLY = ("throughput",)
+BY_NAME_ONLY = ("throughput", "cpu")
 
 
 def run_suite(config: BenchConfig) -> dict:

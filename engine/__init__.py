@@ -8,6 +8,9 @@
     audio = engine.decode(vae, x0)
     engine.quantize_accelerated_(fast, engine.Float8WeightAndActivationConfig())   # FP8 block weights
 
+On CPU, ``accelerate`` picks the CPU backend (``engine.cpu_block``, ``engine.cpu_vae``):
+GEMM-shaped blocks, bf16 GEMMs where the CPU has AMX / AVX-512 BF16, a channels-last VAE.
+
 ``AcceleratedDiT.prepare(cross_attn_cond)`` computes everything that does not depend on
 the step once per generation; ``AcceleratedDiT.step(x, t, prepared)`` is one velocity;
 ``AcceleratedDiT.forward(x, t, cross_attn_cond, cfg_scale)`` stays a drop-in.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiox_engine import kernels
+from audiox_engine.engine.cpu_block import CPUDiTBlock
 from audiox_engine.engine.discover import looks_like_dit
 from audiox_engine.engine.fused_block import FusedDiTBlock
 from audiox_engine.engine.profiling import annotate
@@ -41,7 +42,9 @@ class PreparedConditioning:
     modulation: (depth, B', N, 6D) every block's adaLN (shift1, scale1, gate1, shift2,
     scale2, gate2), B' = 2B when guided (cond rows first, null rows second);
     cos, sin: (N, d/2) fp32 RoPE tables; guided: CFG batching; cfg_scale: its default
-    guidance; batch: B (before CFG doubling).
+    guidance; batch: B (before CFG doubling); block_modulation: for blocks that define
+    ``prepare_modulation`` (the CPU block), what each block takes instead of
+    ``modulation[i]`` (None when no block does).
     """
 
     modulation: torch.Tensor
@@ -50,6 +53,7 @@ class PreparedConditioning:
     guided: bool
     cfg_scale: float
     batch: int
+    block_modulation: tuple | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -64,7 +68,8 @@ class AcceleratedDiT(nn.Module):
     """Fused, hoisted replacement for an ``MMDiffusionTransformer`` (``engine.accelerate`` builds it).
 
     Takes over the DiT's small modules (time embedding, pre/post convs, projections) by
-    reference and replaces its blocks with ``FusedDiTBlock``s; the adaLN weights and the
+    reference and replaces its blocks with ``FusedDiTBlock``s (``CPUDiTBlock``s for
+    ``backend="cpu"``); the adaLN weights and the
     ``to_kv`` K-halves of all blocks are stacked into ``adaln_weight`` (depth, 6D, D),
     ``adaln_bias`` (depth, 6D) and ``time_k_weight`` (depth*D, D).
     """
@@ -101,7 +106,13 @@ class AcceleratedDiT(nn.Module):
         self.transformer.project_out = tr.project_out
         self.transformer.proj_mm_tokens = tr.proj_mm_tokens
         self.transformer.proj_mm_seq_len = tr.proj_mm_seq_len
-        self.transformer.layers = nn.ModuleList(FusedDiTBlock(b, backend, attention) for b in blocks)
+        if backend == "cpu":
+            if attention != "sdpa":
+                raise ValueError(f"backend='cpu' runs its own SDPA attention; attention must be 'auto' or "
+                                 f"'sdpa', got {attention!r}")
+            self.transformer.layers = nn.ModuleList(CPUDiTBlock(b) for b in blocks)
+        else:
+            self.transformer.layers = nn.ModuleList(FusedDiTBlock(b, backend, attention) for b in blocks)
 
         with torch.no_grad():
             ada = [b.adaLN_modulation[1] for b in blocks]
@@ -142,7 +153,9 @@ class AcceleratedDiT(nn.Module):
         if key not in self._rope_cache:
             d2 = self.head_dim // 2
             rot = self._model_rot
-            if rot is not None and rot.dim() == 5 and rot.shape[1] == n and rot.shape[2] == d2:
+            # A table cast to bf16/fp16 with the model has lost its angles' low bits: recompute.
+            exact = rot is not None and rot.dtype in (torch.float32, torch.float64)
+            if exact and rot.dim() == 5 and rot.shape[1] == n and rot.shape[2] == d2:
                 # The model's own table: rot[..., i, j] is [[cos, -sin], [sin, cos]].
                 rot = rot.to(self.device, torch.float32)
                 cos, sin = rot[0, :, :, 0, 0].contiguous(), rot[0, :, :, 1, 0].contiguous()
@@ -186,8 +199,13 @@ class AcceleratedDiT(nn.Module):
             silu_c = F.silu(c).reshape(1, bb * n, d).expand(self.depth, bb * n, d)
             # One batched GEMM for all blocks, bias fused: (depth, B'*N, 6D).
             mod = torch.baddbmm(self.adaln_bias[:, None, :], silu_c, self.adaln_weight.transpose(1, 2))
+            mod = mod.view(self.depth, bb, n, 6 * d)
             cos, sin = self.rope(n)
-        return PreparedConditioning(mod.view(self.depth, bb, n, 6 * d), cos, sin, guided, float(cfg_scale), b)
+            per_block = None
+            if any(hasattr(layer, "prepare_modulation") for layer in self.transformer.layers):
+                per_block = tuple(layer.prepare_modulation(mod[i]) if hasattr(layer, "prepare_modulation")
+                                  else mod[i] for i, layer in enumerate(self.transformer.layers))
+        return PreparedConditioning(mod, cos, sin, guided, float(cfg_scale), b, per_block)
 
     def time_embedding(self, t: torch.Tensor) -> torch.Tensor:
         """t (B,) -> time token (B, D)."""
@@ -229,9 +247,11 @@ class AcceleratedDiT(nn.Module):
         x = self.preprocess_conv(x) + x
         tok = self.transformer.project_in(x.transpose(1, 2))  # (B', T, D)
         tok = torch.cat([e.unsqueeze(1), tok], dim=1)  # (B', N, D)
+        mods = prepared.modulation if prepared.block_modulation is None else prepared.block_modulation
         for i, block in enumerate(self.transformer.layers):
-            tok = block(tok, prepared.modulation[i], biases[i], prepared.cos, prepared.sin)
-        out = self.transformer.project_out(tok).transpose(1, 2)[:, :, 1:]  # drop the time token
+            tok = block(tok, mods[i], biases[i], prepared.cos, prepared.sin)
+        # CPU blocks keep an fp32 residual stream whatever the weights' dtype.
+        out = self.transformer.project_out(tok.to(self.dtype)).transpose(1, 2)[:, :, 1:]  # drop the time token
         return self.postprocess_conv(out) + out
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ __all__ = [
     "looks_like_dit_block",
     "find_dits",
     "find_snake_betas",
+    "snake_owner",
     "block_layout_problem",
     "replace_module",
     "MOTIONFORMER_ATTRS",
@@ -105,6 +106,21 @@ def find_snake_betas(root: nn.Module) -> list[tuple[str, nn.Module]]:
         if "alpha" in params and "beta" in params and params["alpha"].dim() == 1:
             out.append((name, module))
     return out
+
+
+def snake_owner(root: nn.Module) -> tuple[str, nn.Module]:
+    """(path, module): the smallest module under ``root`` holding every SnakeBeta (the VAE)."""
+    paths = [n.split(".") for n, _ in find_snake_betas(root)]
+    common: list[str] = []
+    for parts in zip(*paths):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    # A SnakeBeta's own path is not its owner: stop at its parent when only one was found.
+    if len(paths) == 1:
+        common = common[:-1]
+    path = ".".join(common)
+    return path, (root.get_submodule(path) if path else root)
 
 
 def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from audiox_engine.engine.attention import attend
+from audiox_engine.engine.cpu_block import CPUDiTBlock
 from audiox_engine.engine.discover import replace_module
 from audiox_engine.engine.fused_block import FusedDiTBlock, op_set
 from audiox_engine.engine.quantize import (
@@ -108,6 +109,9 @@ def quantize_accelerated_(accelerated: nn.Module, config: QuantConfig) -> nn.Mod
     """Swap every ``FusedDiTBlock`` inside ``accelerated`` (an ``AcceleratedDiT``, or a
     pipeline holding one) for a ``QuantizedFusedDiTBlock``, in place; returns it."""
     found = [(fqn, m) for fqn, m in accelerated.named_modules() if isinstance(m, FusedDiTBlock)]
+    if not found and any(isinstance(m, CPUDiTBlock) for m in accelerated.modules()):
+        raise ValueError("the CPU backend's blocks (engine.accelerate(..., backend='cpu'), the default on CPU) "
+                         "are not quantizable; accelerate with backend='reference' to quantize on CPU")
     if not found:
         raise ValueError(f"{type(accelerated).__name__} has no FusedDiTBlock: call engine.accelerate first "
                          "(or quantize the eager model with engine.quantize.quantize_)")

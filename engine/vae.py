@@ -41,8 +41,12 @@ class FusedSnakeBeta(nn.Module):
         return kernels.snake_beta_reference(x, alpha, beta)
 
 
-def swap_snake_betas(root: nn.Module, backend: str) -> tuple[int, list[str]]:
-    """Replace every log-scale SnakeBeta under ``root``; returns (count, names skipped and why)."""
+def swap_snake_betas(root: nn.Module, backend: str, make=None) -> tuple[int, list[str]]:
+    """Replace every log-scale SnakeBeta under ``root``; returns (count, names skipped and why).
+
+    ``make(snake)`` builds each replacement (default ``FusedSnakeBeta(snake, backend)``).
+    """
+    make = make or (lambda snake: FusedSnakeBeta(snake, backend))
     swapped, skipped = 0, []
     for name, module in find_snake_betas(root):
         if getattr(module, "alpha_logscale", True) is False:
@@ -50,6 +54,6 @@ def swap_snake_betas(root: nn.Module, backend: str) -> tuple[int, list[str]]:
             continue
         if name == "":
             raise ValueError("the root module is a SnakeBeta itself; pass its parent")
-        replace_module(root, name, FusedSnakeBeta(module, backend))
+        replace_module(root, name, make(module))
         swapped += 1
     return swapped, skipped

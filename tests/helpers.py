@@ -42,6 +42,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def dit_inputs(cfg, b: int = 2, seed: int = 0):
+    """Random x (B, C, T), t (B,), cross_attn_cond (B, N, Dc) for a DiTConfig; never zeros."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, cfg.io_channels, cfg.latent_frames, generator=g)
+    t = torch.rand(b, generator=g)
+    c = torch.randn(b, cfg.num_cond_tokens, cfg.cond_token_dim, generator=g)
+    return x, t, c
+
+
 def randomize_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
     """Fill every parameter with fresh noise (the release zero-inits several of them)."""
     g = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ from audiox_engine.audiox.config import DiTConfig, get_preset
 from audiox_engine.audiox.dit import MMDiffusionTransformer, MMDiTWrapper
 from audiox_engine.audiox.vae import OobleckDecoder, SnakeBeta, VAEConfig
 from audiox_engine.engine.fused_block import FusedDiTBlock
-from helpers import randomize_, rel_err
+from helpers import cosine, dit_inputs, randomize_, rel_err
 from audiox_engine.kernels._dispatch import interpret_mode
 
 # The kernels run on CPU tensors only through Triton's interpreter (tests/conftest.py
@@ -32,20 +32,12 @@ SMALL = DiTConfig(embed_dim=96, depth=2, num_heads=12, cond_token_dim=64, global
                   mlp_ratio=2.0, latent_seq_len=17, num_cond_tokens=24)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
-
-
 def make_dit(cfg: DiTConfig = SMALL, seed: int = 1) -> MMDiffusionTransformer:
     return randomize_(MMDiffusionTransformer(cfg), std=0.1, seed=seed).eval()
 
 
 def inputs(cfg: DiTConfig = SMALL, b: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, cfg.io_channels, cfg.latent_frames, generator=g)
-    t = torch.rand(b, generator=g)
-    c = torch.randn(b, cfg.num_cond_tokens, cfg.cond_token_dim, generator=g)
-    return x, t, c
+    return dit_inputs(cfg, b, seed)
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +287,9 @@ def test_pipeline_object_with_dit_and_vae():
     assert [d["path"] for d in info["dits"]] == ["model"]
 
 
-def test_cpu_auto_falls_back_with_one_log_line(dit, caplog):
+def test_cpu_auto_picks_the_cpu_backend_with_one_log_line(dit, caplog):
     if torch.cuda.is_available():
-        pytest.skip("the fallback is a CPU behaviour")
+        pytest.skip("the CPU backend choice is a CPU behaviour")
     holder = nn.ModuleDict({
         "dit": dit,
         "vae": OobleckDecoder(VAEConfig(channels=4, c_mults=[1], strides=[2], latent_dim=8)),
@@ -306,10 +298,10 @@ def test_cpu_auto_falls_back_with_one_log_line(dit, caplog):
     with caplog.at_level(logging.INFO, logger="engine"):
         fast = engine.accelerate(holder, dtype=torch.float32)
     lines = [r for r in caplog.records if r.name == "engine"]
-    assert len(lines) == 1 and "reference" in lines[0].getMessage()
+    assert len(lines) == 1 and "CPU backend" in lines[0].getMessage()
     info = engine.describe(fast)
-    assert info["dits"][0]["backend"] == "reference" and info["dits"][0]["attention"] == "sdpa"
-    assert info["snake_beta"] == {"reference": n_snakes} and n_snakes > 0
+    assert info["dits"][0]["backend"] == "cpu" and info["dits"][0]["attention"] == "sdpa"
+    assert info["snake_beta"] == {"cpu": n_snakes} and n_snakes > 0
     x, t, c = inputs(b=1)
     with torch.no_grad():
         torch.testing.assert_close(fast["dit"](x, t, c), dit(x, t, c))
@@ -352,7 +344,7 @@ def test_attention_backends_agree_on_random_qkv():
 
 
 def test_bf16_dtype_casts_the_dit(dit):
-    fast = engine.accelerate(dit, backend="reference")  # default dtype: bf16
+    fast = engine.accelerate(dit, backend="reference", dtype=torch.bfloat16)
     assert fast.dtype == torch.bfloat16
     assert next(dit.parameters()).dtype == torch.float32  # the original is untouched
     x, t, c = inputs(b=1)

@@ -222,3 +222,29 @@ def test_compile_peer_with_inductor_on_cpu(tmp_path):
     by = {e["name"]: e for e in results.load(out)["entries"]}
     assert by["dit_forward/compile"]["compile_s"] > 0 and by["dit_forward/compile"]["metrics"]["tflops"] > 0
     assert "| dit_forward | engine-fp32 |" in report.peer_table(results.load(out), "dit")
+
+
+def test_cpu_suite_rows_ratios_and_table(monkeypatch, tmp_path):
+    """`bench --suite cpu` (run by name only): four rows per workload, interleaved, each
+    with its ratios against eager and compiled from the same run and its accuracy."""
+    from audiox_engine.benchmarks import cpu_suite
+    from conftest import no_compile
+
+    monkeypatch.setattr(torch, "compile", no_compile)
+    out = tmp_path / "cpu.json"
+    assert cli.main(["bench", "--suite", "cpu", "--smoke", "--device", "cpu", "--depth", "1", "--reps", "1",
+                     "--out", str(out)]) == 0
+    run = results.load(out)
+    by = {e["name"]: e for e in run["entries"]}
+    workloads_ = ("dit_forward", "turbo-4", "vae_decode")
+    assert set(by) == {f"{w}/{v}" for w in workloads_ for v in cpu_suite.VARIANTS}
+    assert run["skipped"] == [] and run["env"]["cpu_isa"]["capability"]
+    for name, e in by.items():
+        assert e["group"] == "cpu" and e["params"]["depth"] == 1
+        assert e["metrics"]["speedup_vs_eager"] > 0 and e["metrics"]["speedup_vs_compiled"] > 0
+        if not name.endswith("/eager"):
+            floor = 0.99 if "bf16" in name else 1 - 1e-5
+            assert e["metrics"]["cosine_vs_eager"] > floor, name
+    table = cpu_suite.render_markdown(run)
+    assert "| Turbo" in table and "engine-bf16" in table
+    assert "cpu" in suites.SUITES and "cpu" in suites.BY_NAME_ONLY  # `all` leaves it out
