@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,14 +44,18 @@ from audiox_engine.benchmarks.workloads import BACKENDS, COMPILE_MODES, Workload
 PROGS = {"bench": "audiox bench", "report": "audiox bench report", "profile": "audiox profile"}
 FULL_PRESET = "audiox-turbo"
 CPU_PRESET = "tiny"
-# Memory of the full-size model in fp32 (2.22 B DiT parameters; 2.83 B with the
-# conditioners, the VAE and the Synchformer): tests/benchmarks/test_bench_cli.py counts them.
+# Weights of the full-size model in fp32 (2.22 B DiT parameters; 2.83 B with the conditioners,
+# the VAE and the Synchformer): tests/benchmarks/test_bench_cli.py counts them.
 FULL_DIT_GB = 9
 FULL_PIPELINE_GB = 11
 DIT_ONLY_SUITES = ("dit", "loops")  # the other model suites build the whole pipeline
 NO_MODEL_SUITES = ("kernels",)
-# One DiT forward of audiox-turbo in fp32 on a 2-core x86 CPU (Intel Xeon, 2026-11-30).
-CPU_FORWARD_S = "6-9 s"
+# What the full-size model costs on a CPU, as measured on 2 cores (benchmarks/README.md has the
+# figures); a row is 5 or more calls of its workload.
+CPU_MEASURED = "on 2 cores one DiT forward took 6-9 s, one Turbo generation 49 s"
+CPU_COST = {"dit": "about half a minute per row", "throughput": "minutes per row",
+            "profile": "17 GB of memory at the peak and about 3 minutes"}
+CPU_COST_ROWS = "minutes per Turbo row, hours per 250-step teacher row"
 
 
 class UsageError(ValueError):
@@ -95,8 +100,8 @@ def _bench_parser() -> argparse.ArgumentParser:
                         "and with --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny preset, teacher steps / 25, 2 repetitions, and on the CPU no torch.compile rows "
-                        "unless --backends names them: checks the harness, says nothing about speed "
-                        "(SMOKE_TIMES)")
+                        "unless --backends names them: checks the harness, says nothing about speed (on 2 "
+                        "x86 cores: headline 19 s, all suites 30 s; about 3x that with other jobs on the cores)")
     p.add_argument("--out", default="results.json", help="result file, rewritten after every entry")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda when there is one)")
     p.add_argument("--batch", type=_count(1), default=1)
@@ -188,18 +193,22 @@ def check_writable(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _cpu_cost(suite: str) -> tuple[int, str]:
+    """(GB of fp32 weights, what a run costs in time) of the full-size model on a CPU."""
+    return (FULL_DIT_GB if suite in DIT_ONLY_SUITES else FULL_PIPELINE_GB), CPU_COST.get(suite, CPU_COST_ROWS)
+
+
 def full_size_note(prog: str, preset: str, suite: str) -> str:
     """The one line said before a full-size preset runs on the CPU: what it costs."""
-    gb = FULL_DIT_GB if suite in DIT_ONLY_SUITES else FULL_PIPELINE_GB
-    return (f"{prog}: note: preset {preset} on the CPU: ~{gb} GB of memory per model, up to two at once, and one "
-            f"DiT forward took {CPU_FORWARD_S} on 2 cores, so a Turbo row takes minutes and a 250-step teacher "
-            "row hours (--time-budget-s S stops starting rows after S s)")
+    gb, cost = _cpu_cost(suite)
+    bound = "; --time-budget-s S stops starting rows after S s" if suite != "profile" else ""
+    return f"{prog}: note: preset {preset} on the CPU: ~{gb} GB of weights per model, {cost} ({CPU_MEASURED}){bound}"
 
 
 def choose_preset(prog: str, preset: str | None, device: torch.device, smoke: bool, suite: str) -> str:
     """The preset to run (`preset`, already checked, when given): else tiny under --smoke or on the
     CPU (said on stderr), else the full-size model. A full-size preset given for the CPU gets its
-    cost said on stderr."""
+    cost said on stderr. `suite` is a bench suite, or "profile"."""
     uses_model = suite not in NO_MODEL_SUITES
     if preset is not None:
         if device.type == "cpu" and preset != CPU_PRESET and uses_model:
@@ -210,9 +219,9 @@ def choose_preset(prog: str, preset: str | None, device: torch.device, smoke: bo
     if device.type == "cpu":
         if uses_model:
             why = "no CUDA device" if not torch.cuda.is_available() else "--device cpu"
-            gb = FULL_DIT_GB if suite in DIT_ONLY_SUITES else FULL_PIPELINE_GB
+            gb, cost = _cpu_cost(suite)
             print(f"{prog}: {why}: using the {CPU_PRESET} preset (give --preset {FULL_PRESET} for the full model: "
-                  f"~{gb} GB of memory, minutes per row on a CPU)", file=sys.stderr)
+                  f"~{gb} GB of weights, {cost} on a CPU)", file=sys.stderr)
         return CPU_PRESET
     return FULL_PRESET
 
@@ -265,14 +274,16 @@ def bench_main(argv: list[str]) -> int:
     except ValueError as exc:  # UsageError, and BenchConfig's own checks
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    started = time.time()
     try:
         run = run_suite(config)
     except (ValueError, WorkloadUnavailable, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = (f"the rows finished so far are in {args.out} (\"complete\": false)" if Path(args.out).exists()
-                else "nothing was measured yet")
+        out = Path(args.out)
+        saved = out.exists() and out.stat().st_mtime >= started - 1  # written by this run (1 s: mtime's resolution)
+        kept = f"the rows finished so far are in {out} (\"complete\": false)" if saved else "nothing was measured yet"
         print(f"{prog}: interrupted: {kept}", file=sys.stderr)
         return 130
     failed = [s for s in run["skipped"] if s["reason"].startswith("FAILED:")]
@@ -285,10 +296,17 @@ def bench_main(argv: list[str]) -> int:
 
 
 def _load(path: str) -> dict:
+    """results.load, its error in one line: the first problem, and how many more there are."""
     try:
         return results.load(path)
     except UnicodeDecodeError:
         raise results.ResultsError(f"{path}: not a result file (not UTF-8 text)") from None
+    except results.ResultsError as exc:
+        head, *problems = str(exc).splitlines()
+        if not problems:
+            raise
+        more = f" (and {len(problems) - 1} more: check it with results.load)" if len(problems) > 1 else ""
+        raise results.ResultsError(f"{head} {problems[0].strip()}{more}") from None
 
 
 def _check_distinct(paths: list[str], runs: list[dict]) -> None:

@@ -202,7 +202,7 @@ def measure_matrix(r: Runner, group: str, level: str, backends, matrix: list[tup
                 # the reason is recorded once for the backend; name its rows so the table is complete
                 reason = r.run["skipped"].pop()["reason"]
                 for mode, steps in matrix:
-                    r.skip(f"{mode}-{steps}/{backend}", group, reason)
+                    r.skip(f"{mode}-{steps}/{backend}", group, reason, quiet=True)  # logged once, just now
                 continue
             if backend == "eager":
                 base = prep  # the other backends start from a copy of the same random weights
