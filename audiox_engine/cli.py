@@ -422,9 +422,11 @@ class _Interrupts:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    status = None
     with _Interrupts() as interrupts:
         try:
-            # Sub-commands owned by other packages take their own argument parsers.
+            # Sub-commands owned by other packages take their own argument parsers; `bench` and
+            # `profile` report Ctrl-C themselves (status 130, one line of their own).
             if argv and argv[0] in ("bench", "profile"):
                 from audiox_engine.benchmarks import cli as bench_cli
 
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             if not interrupts.seen:
                 raise
-    if interrupts.seen:
+    if interrupts.seen and status != 130:
         print("audiox: interrupted (nothing half-written is left behind)", file=sys.stderr)
         return 130
     return status

@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -115,15 +116,21 @@ class _Restore:
 
 
 def profile_generation(preset: str = "tiny", device=None, out: str | Path = "trace.json", mode: str = "turbo",
-                       steps: int = workloads.TURBO_STEPS) -> dict:
+                       steps: int = workloads.TURBO_STEPS, progress: Callable[[str], None] | None = None) -> dict:
     """Profiles one warm generation through AudioXPipeline; writes a Chrome trace to `out`.
 
+    progress: called with a line as each long phase starts (building, warm-up, the traced
+      generation), so that a caller can say what is running.
     Returns {"trace": path, "level": "e2e", "ranges": {name: total ms}, "steps_seen": k}.
     """
+    say = progress or (lambda line: None)
     dev = workloads.resolve_device(device)
+    say(f"building the {preset} pipeline on {dev} ...")
     prep = workloads.prepare_pipeline(preset, dev, "eager")
     w = workloads.e2e_workload(prep, mode, steps, group="profile")
+    say(f"warm-up generation ({mode}, {steps} steps; not traced) ...")
     w.fn()  # warm: the trace shows steady state, not compilation
+    say(f"tracing one generation -> {out} ...")
     handles, counters = instrument(prep.obj, MMDiffusionTransformer)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if dev.type == "cuda":

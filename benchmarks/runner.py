@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from audiox_engine.benchmarks import results, telemetry, timing, workloads
 from audiox_engine.benchmarks.environment import capture_environment
-from audiox_engine.benchmarks.workloads import BACKENDS, WorkloadUnavailable
+from audiox_engine.benchmarks.workloads import BACKENDS, COMPILE_MODES, WorkloadUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,10 @@ class Runner:
         if self.out is not None:
             results.save(self.run, self.out)
 
-    def skip(self, name: str, group: str, reason: str) -> None:
-        log.info("skipped %s [%s]: %s", name, group, reason)
+    def skip(self, name: str, group: str, reason: str, quiet: bool = False) -> None:
+        """Records a row not measured, with why (logged unless `quiet`)."""
+        if not quiet:
+            log.info("skipped %s [%s]: %s", name, group, reason)
         self.run["skipped"].append({"name": name, "group": group, "reason": str(reason)})
         self._save()
 
@@ -180,9 +183,16 @@ class Runner:
         summary = sampler.summary()
         return value, summary, (None if summary is not None else sampler.reason or "NVML returned no samples")
 
+    def progress(self, group: str, what: str) -> None:
+        """A line on stderr as a long step starts (building a model, a row), so that a slow
+        run is never silent; the measured rows themselves go to stdout."""
+        tqdm.write(f"  {group:9s} {what} ...", file=sys.stderr)
+
     def measure(self, w: workloads.Workload) -> dict:
         """Times one workload (with telemetry) and appends its entry."""
         c = self.config
+        compiles = w.params.get("backend") in COMPILE_MODES
+        self.progress(w.group, f"measuring {w.name}" + (" (its first call compiles: torch.compile)" if compiles else ""))
         t, tel, reason = self.sampled(lambda: timing.time_callable(
             w.fn, w.device, warmup=c.warmup, reps=c.reps, budget_s=min(c.budget_s, max(self.time_left(), 0.1)),
             min_reps=c.min_reps, max_reps=c.max_reps, first_call_s=w.first_call_s))

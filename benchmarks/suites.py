@@ -60,7 +60,7 @@ from audiox_engine.benchmarks.throughput import THROUGHPUT_BACKENDS, measure_thr
 log = logging.getLogger(__name__)
 
 __all__ = ["SUITES", "HEADLINE_TEACHER_STEPS", "SMOKE_STEP_DIVISOR", "BenchConfig", "run_suite",
-           "measure_dit_forwards", "measure_matrix", "measure_stages", "for_each_pipeline"]
+           "prepare_backend", "measure_dit_forwards", "measure_matrix", "measure_stages", "for_each_pipeline"]
 
 KERNEL_ROW_KEYS = ("kernel", "impl", "shape", "dtype")
 
@@ -83,6 +83,7 @@ def run_kernels(r: Runner) -> None:
 
 def _run_kernel_module(r: Runner, short: str) -> None:
     modname = f"audiox_engine.benchmarks.kernels.{short}"
+    r.progress("kernels", f"running benchmarks/kernels/{short}.py")
     try:
         rows = iter(importlib.import_module(modname).run(device=str(r.device), quick=r.config.smoke))
     except Exception as exc:
@@ -154,6 +155,16 @@ def _measure_ceilings(r: Runner) -> None:
 # ---------------------------------------------------------------- model suites
 
 
+def prepare_backend(r: Runner, group: str, level: str, backend: str, base=None) -> workloads.Prepared:
+    """The pipeline (`level` 'e2e') or the DiT of the run's preset through `backend`, said on
+    stderr as it starts (a full-size model takes a while to build); `base` as in
+    workloads.prepare_dit."""
+    what = "pipeline" if level == "e2e" else "DiT"
+    r.progress(group, f"preparing {backend}: the {r.config.preset} {what}" + (", from eager's weights" if base else ""))
+    prepare = workloads.prepare_pipeline if level == "e2e" else workloads.prepare_dit
+    return prepare(r.config.preset, r.device, backend, base=base)
+
+
 def measure_dit_forwards(r: Runner, backends, group: str = "dit") -> None:
     """One forward per backend. Achieved TFLOP/s for every backend uses the model FLOPs
     counted once on the eager model: the same math, whatever kernels run it."""
@@ -161,7 +172,7 @@ def measure_dit_forwards(r: Runner, backends, group: str = "dit") -> None:
     for i, backend in enumerate(tqdm(backends, desc=group, leave=False)):
         name = f"dit_forward/{backend}"
         with r.share(len(backends) - i):
-            prep = r.attempt(name, group, lambda: workloads.prepare_dit(r.config.preset, r.device, backend, base=base))
+            prep = r.attempt(name, group, lambda: prepare_backend(r, group, "dit", backend, base))
             if prep is None:
                 continue
             if backend == "eager":
@@ -189,17 +200,15 @@ def step_matrix(c: BenchConfig, teacher_steps=None) -> list[tuple[str, int]]:
 
 def measure_matrix(r: Runner, group: str, level: str, backends, matrix: list[tuple[str, int]]) -> None:
     """Every (mode, steps) of `matrix` for every backend, at `level` ('e2e' or 'loops')."""
-    c = r.config
     base = None
-    prepare = workloads.prepare_pipeline if level == "e2e" else workloads.prepare_dit
     for i, backend in enumerate(backends):
         with r.share(len(backends) - i):
-            prep = r.attempt(f"prepare/{backend}", group, lambda: prepare(c.preset, r.device, backend, base=base))
+            prep = r.attempt(f"prepare/{backend}", group, lambda: prepare_backend(r, group, level, backend, base))
             if prep is None:
                 # the reason is recorded once for the backend; name its rows so the table is complete
                 reason = r.run["skipped"].pop()["reason"]
                 for mode, steps in matrix:
-                    r.skip(f"{mode}-{steps}/{backend}", group, reason)
+                    r.skip(f"{mode}-{steps}/{backend}", group, reason, quiet=True)  # logged once, just now
                 continue
             if backend == "eager":
                 base = prep  # the other backends start from a copy of the same random weights
@@ -240,8 +249,7 @@ def for_each_pipeline(r: Runner, backends, group: str, measure, label: str = "pr
     base = None
     for i, backend in enumerate(backends):
         with r.share(len(backends) - i):
-            prep = r.attempt(f"{label}/{backend}", group,
-                             lambda: workloads.prepare_pipeline(r.config.preset, r.device, backend, base=base))
+            prep = r.attempt(f"{label}/{backend}", group, lambda: prepare_backend(r, group, "e2e", backend, base))
             if prep is None:
                 continue
             if backend == "eager":
@@ -312,7 +320,8 @@ def run_suite(config: BenchConfig) -> dict:
             with r.share(len(names) - i):
                 r.attempt(name, name, lambda: SUITES[name](r))
     except KeyboardInterrupt:
-        r.skip("rest of the run", config.suite, "interrupted (SIGINT: the step's time limit); rows after the "
-                                                "last entry were not measured")
+        # quiet: the command says it was interrupted, in one line
+        r.skip("rest of the run", config.suite, "interrupted (SIGINT: Ctrl-C, or a time limit's timeout "
+                                                "--signal=INT); rows after the last entry were not measured", quiet=True)
         raise
     return r.finish()
