@@ -32,6 +32,12 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def no_torch_compile(monkeypatch):
+    """torch.compile replaced by the identity for one test (see the module docstring)."""
+    monkeypatch.setattr(torch, "compile", no_compile)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """`bench --suite all --smoke` on the CPU: one teacher N (25, scaled to 1), one repetition."""

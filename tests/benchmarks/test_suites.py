@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from audiox_engine.benchmarks import cli, report, results, runner, suites, workloads
+from audiox_engine.benchmarks import cli, cpu_suite, report, results, runner, suites, workloads
 from audiox_engine.benchmarks.kernels import snake_beta
 
 
@@ -224,13 +224,9 @@ def test_compile_peer_with_inductor_on_cpu(tmp_path):
     assert "| dit_forward | engine-fp32 |" in report.peer_table(results.load(out), "dit")
 
 
-def test_cpu_suite_rows_ratios_and_table(monkeypatch, tmp_path):
+def test_cpu_suite_rows_ratios_and_table(no_torch_compile, tmp_path):
     """`bench --suite cpu` (run by name only): four rows per workload, interleaved, each
     with its ratios against eager and compiled from the same run and its accuracy."""
-    from audiox_engine.benchmarks import cpu_suite
-    from conftest import no_compile
-
-    monkeypatch.setattr(torch, "compile", no_compile)
     out = tmp_path / "cpu.json"
     assert cli.main(["bench", "--suite", "cpu", "--smoke", "--device", "cpu", "--depth", "1", "--reps", "1",
                      "--out", str(out)]) == 0
