@@ -32,24 +32,16 @@ from audiox_engine.engine.discover import block_layout_problem
 __all__ = ["FusedDiTBlock", "op_set"]
 
 
+BLOCK_OPS = ("adaln_modulate", "gated_residual_adaln", "conv1d_k3", "conv1d_k3_swiglu", "conv1d_k3_gated_residual")
+
+
 def op_set(backend: str) -> SimpleNamespace:
-    """The five block ops for ``backend``: ``triton`` (custom ops) or ``reference`` (eager)."""
+    """The five block ops for ``backend``: ``triton`` (the custom ops in ``engine.ops``) or
+    ``reference`` (their eager references in ``kernels``)."""
     if backend == "triton":
-        return SimpleNamespace(
-            adaln_modulate=ops.adaln_modulate,
-            gated_residual_adaln=ops.gated_residual_adaln,
-            conv1d_k3=ops.conv1d_k3,
-            conv1d_k3_swiglu=ops.conv1d_k3_swiglu,
-            conv1d_k3_gated_residual=ops.conv1d_k3_gated_residual,
-        )
+        return SimpleNamespace(**{name: getattr(ops, name) for name in BLOCK_OPS})
     if backend == "reference":
-        return SimpleNamespace(
-            adaln_modulate=kernels.adaln_modulate_reference,
-            gated_residual_adaln=kernels.gated_residual_adaln_reference,
-            conv1d_k3=kernels.conv1d_k3_reference,
-            conv1d_k3_swiglu=kernels.conv1d_k3_swiglu_reference,
-            conv1d_k3_gated_residual=kernels.conv1d_k3_gated_residual_reference,
-        )
+        return SimpleNamespace(**{name: getattr(kernels, f"{name}_reference") for name in BLOCK_OPS})
     raise ValueError(f"unknown block backend {backend!r}")
 
 

@@ -243,11 +243,40 @@ class _QuantizedLayer(nn.Module):
         quant = quantize_rows if self._triton(x) else quantize_rows_reference
         return quant(x, fmt)
 
-    def _partner_args(self, epilogue: str, partner, residual, gate) -> dict:
+    # Set by each subclass: (the Triton GEMM, its PyTorch reference) and the name the GEMM
+    # gives the swiglu partner's weight.
+    _gemms: tuple = ()
+    _w3_arg = ""
+
+    def _input_problem(self, x: torch.Tensor) -> str | None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., K) float -> (..., N) in x's dtype (a conv: (B, T, Cin) -> (B, T, Cout))."""
+        problem = self._input_problem(x)
+        if problem:
+            raise ValueError(problem)
+        x_q, x_scale = self._quantize_input(x)
+        return self.forward_prequantized(x_q, x_scale, out_dtype=x.dtype, _triton=self._triton(x))
+
+    def forward_prequantized(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, *,
+                             out_dtype: torch.dtype | None = None, epilogue: str = "none",
+                             partner: "_QuantizedLayer | None" = None,
+                             residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+                             _triton: bool | None = None) -> torch.Tensor:
+        """The GEMM on activations quantized by their producer (``x_scale`` fp32 per token,
+        shaped as ``x_q`` without its last dimension; None for weight-only with a float
+        ``x_q``), with an optional fused epilogue: ``"swiglu"`` (``partner`` is the W3 layer,
+        quantized the same way) or ``"gated_residual"``."""
+        args = {"epilogue": epilogue, "residual": residual, "gate": gate}
         if epilogue == "swiglu":
             if not isinstance(partner, type(self)) or partner.config != self.config:
                 raise ValueError("the swiglu epilogue needs partner= the W3 layer, quantized the same way")
-        return {"epilogue": epilogue, "residual": residual, "gate": gate}
+            args.update({self._w3_arg: partner.weight_q, "w3_scale": partner.weight_scale})
+        triton_ = self._triton(x_q) if _triton is None else _triton
+        fn = self._gemms[0] if triton_ else self._gemms[1]
+        return fn(x_q, x_scale, self.weight_q, self.weight_scale,
+                  None if epilogue == "swiglu" else self.bias, out_dtype=out_dtype, **args)
 
     def extra_repr(self) -> str:
         return (f"weight={tuple(self.weight_q.shape)} {self.config.weight_format}, "
@@ -257,6 +286,9 @@ class _QuantizedLayer(nn.Module):
 
 class QuantizedLinear(_QuantizedLayer):
     """An ``nn.Linear`` with an FP8/INT8 (N, K) weight and per-channel scales."""
+
+    _gemms = (scaled_mm, scaled_mm_reference)
+    _w3_arg = "w3_q"
 
     def __init__(self, in_features: int, out_features: int, config: QuantConfig,
                  bias_dtype: torch.dtype | None = None, device=None):
@@ -277,33 +309,18 @@ class QuantizedLinear(_QuantizedLayer):
             q.bias.copy_(bias.detach())
         return q
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., K) float -> (..., N) in x's dtype."""
+    def _input_problem(self, x: torch.Tensor) -> str | None:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected (..., {self.in_features}) input, got {tuple(x.shape)}")
-        x_q, x_scale = self._quantize_input(x)
-        return self.forward_prequantized(x_q, x_scale, out_dtype=x.dtype, _triton=self._triton(x))
-
-    def forward_prequantized(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, *,
-                             out_dtype: torch.dtype | None = None, epilogue: str = "none",
-                             partner: "QuantizedLinear | None" = None,
-                             residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-                             _triton: bool | None = None) -> torch.Tensor:
-        """The GEMM on activations quantized by their producer (``x_scale`` (...) fp32
-        per token; None for weight-only with a float ``x_q``), with an optional fused
-        epilogue: ``"swiglu"`` (``partner`` is the W3 layer) or ``"gated_residual"``."""
-        args = self._partner_args(epilogue, partner, residual, gate)
-        if epilogue == "swiglu":
-            args.update(w3_q=partner.weight_q, w3_scale=partner.weight_scale)
-        triton_ = self._triton(x_q) if _triton is None else _triton
-        fn = scaled_mm if triton_ else scaled_mm_reference
-        return fn(x_q, x_scale, self.weight_q, self.weight_scale,
-                  None if epilogue == "swiglu" else self.bias, out_dtype=out_dtype, **args)
+            return f"expected (..., {self.in_features}) input, got {tuple(x.shape)}"
+        return None
 
 
 class QuantizedChannelLastConv1d(_QuantizedLayer):
     """A kernel-3, padding-1 ``ChannelLastConv1d`` over (B, T, Cin) with an FP8/INT8
     weight packed as (3, Cout, Cin) (see ``kernels.quant_gemm.pack_quant_conv_weight``)."""
+
+    _gemms = (scaled_conv1d_k3, scaled_conv1d_k3_reference)
+    _w3_arg = "w3_packed"
 
     def __init__(self, in_channels: int, out_channels: int, config: QuantConfig,
                  bias_dtype: torch.dtype | None = None, device=None):
@@ -327,26 +344,10 @@ class QuantizedChannelLastConv1d(_QuantizedLayer):
             q.bias.copy_(bias.detach())
         return q
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, T, Cin) float -> (B, T, Cout) in x's dtype."""
+    def _input_problem(self, x: torch.Tensor) -> str | None:
         if x.dim() != 3 or x.shape[-1] != self.in_channels:
-            raise ValueError(f"expected (B, T, {self.in_channels}) input, got {tuple(x.shape)}")
-        x_q, x_scale = self._quantize_input(x)
-        return self.forward_prequantized(x_q, x_scale, out_dtype=x.dtype, _triton=self._triton(x))
-
-    def forward_prequantized(self, x_q: torch.Tensor, x_scale: torch.Tensor | None, *,
-                             out_dtype: torch.dtype | None = None, epilogue: str = "none",
-                             partner: "QuantizedChannelLastConv1d | None" = None,
-                             residual: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-                             _triton: bool | None = None) -> torch.Tensor:
-        """As ``QuantizedLinear.forward_prequantized``, for x_q (B, T, Cin), x_scale (B, T)."""
-        args = self._partner_args(epilogue, partner, residual, gate)
-        if epilogue == "swiglu":
-            args.update(w3_packed=partner.weight_q, w3_scale=partner.weight_scale)
-        triton_ = self._triton(x_q) if _triton is None else _triton
-        fn = scaled_conv1d_k3 if triton_ else scaled_conv1d_k3_reference
-        return fn(x_q, x_scale, self.weight_q, self.weight_scale,
-                  None if epilogue == "swiglu" else self.bias, out_dtype=out_dtype, **args)
+            return f"expected (B, T, {self.in_channels}) input, got {tuple(x.shape)}"
+        return None
 
 
 QUANTIZED_TYPES = (QuantizedLinear, QuantizedChannelLastConv1d)
