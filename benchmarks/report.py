@@ -17,11 +17,10 @@ end of the file; the blocks of other runs and the prose around them are kept.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from audiox_engine.audiox._io import atomic_path
 from audiox_engine.benchmarks.environment import card_label, same_card
 from audiox_engine.benchmarks.workloads import PEERS
 
@@ -482,12 +481,6 @@ def write_markdown(md_path: Path, blocks: list[tuple[str, str]]) -> tuple[list[s
     text, replaced, appended = splice_generated(existing, blocks)
     if text != existing:
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=md_path.parent, prefix=f".{md_path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, md_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(md_path) as tmp, open(tmp, "w") as f:
+            f.write(text)
     return replaced, appended

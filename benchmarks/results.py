@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from audiox_engine.audiox._io import atomic_path
 
 SCHEMA_NAME = "audiox-bench"
 SCHEMA_VERSION = 1
@@ -265,16 +266,9 @@ def save(run: dict, path: str | os.PathLike) -> None:
     validate(run, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(run, f, indent=1, sort_keys=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(run, f, indent=1, sort_keys=False, allow_nan=False)
+        f.write("\n")
 
 
 def entry_key(entry: dict) -> str:

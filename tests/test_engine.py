@@ -10,7 +10,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from audiox_engine import engine

@@ -25,7 +25,7 @@ from audiox_engine.engine import cpu_features as cpu_features_mod
 from audiox_engine.engine.cpu_block import ConvTaps, CPUDiTBlock, qkv_row_order, unfold_conv_weight
 from audiox_engine.engine.cpu_gemm import packed_linear, packed_weight, packing_available
 from audiox_engine.engine.cpu_vae import (COMPILE_MIN_ELEMENTS, ChannelsLastConv1d, CPUSnakeBeta,
-                                          accelerate_vae_cpu, snake_beta_cpu)
+                                          snake_beta_cpu)
 from audiox_engine.kernels import snake_beta_reference
 from helpers import cosine, dit_inputs, randomize_, rel_err
 

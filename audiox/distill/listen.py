@@ -14,7 +14,6 @@ import os
 import re
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from .classifier import KINDS, ProceduralAudioClassifier, classify, estimate_frequency, semitone_error
