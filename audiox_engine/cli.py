@@ -80,7 +80,8 @@ def _build_generate_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="clips to generate (out.wav, out_1.wav, ...)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--accelerate", action="store_true", help="run through engine.accelerate (GPU)")
+    p.add_argument("--accelerate", action="store_true",
+                   help="run through engine.accelerate: Triton kernels and CUDA graphs on a GPU, the CPU backend on the CPU")
     p.add_argument("--no-mask-audio-prompt", action="store_true", help="do not mask a random span of the audio prompt")
     p.add_argument("--normalize", choices=["none", "peak"], default="none",
                    help="none (default): the level the model made, so 'soft' and 'loud' differ; "
