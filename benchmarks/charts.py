@@ -1,8 +1,8 @@
 """The PNG plots of BENCHMARKS.md, from validated result runs (matplotlib, Agg backend).
 
 Per run: median latency against sampling steps and the speedup over the eager teacher
-for each of the headline, e2e and loops groups it holds, and the kernels' fraction of
-this card's measured roofline.
+for each of the headline, e2e and loops groups it holds, the kernels' fraction of this
+card's measured roofline, and the cpu suite's speed-ups over eager.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from audiox_engine.benchmarks.environment import card_label
-from audiox_engine.benchmarks.report import GROUP_TITLES, entries_of, roofline_fractions, speedups
+from audiox_engine.benchmarks.report import GROUP_TITLES, cpu_workload_title, entries_of, roofline_fractions, speedups
 
 
 def _plt():
@@ -86,6 +86,39 @@ def plot_speedup(run: dict, group: str, path: Path) -> bool:
     return True
 
 
+def plot_cpu_speedups(run: dict, path: Path, group: str = "cpu") -> bool:
+    """The cpu suite: each row's speed-up over eager, bars grouped by workload."""
+    entries = [e for e in entries_of(run, group) if "speedup_vs_eager" in e["metrics"]]
+    if not entries:
+        return False
+    plt = _plt()
+    workloads, variants = [], []
+    for e in entries:
+        w, v = cpu_workload_title(e["params"]), e["params"].get("variant", "?")
+        workloads += [w] if w not in workloads else []
+        variants += [v] if v not in variants else []
+    speed = {(cpu_workload_title(e["params"]), e["params"].get("variant")): e["metrics"]["speedup_vs_eager"]
+             for e in entries}
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    width = 0.8 / len(variants)
+    for j, v in enumerate(variants):
+        xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(workloads))]
+        ys = [speed.get((w, v), 0.0) for w in workloads]
+        ax.bar(xs, ys, width, label=v)
+        for x, y in zip(xs, ys):
+            if y:
+                ax.text(x, y, f"{y:.2f}×", ha="center", va="bottom", fontsize=6)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(range(len(workloads)), workloads, fontsize=8)
+    ax.set_ylabel("speed-up over eager fp32 (×)")
+    ax.set_title(f"{GROUP_TITLES.get(group, group)}\n{card_label(run['env'])}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_roofline(run: dict, runs: list[dict], path: Path) -> bool:
     fr = [(lbl, f) for lbl, f, _ in roofline_fractions(run, runs) if f is not None]
     if not fr:
@@ -115,6 +148,9 @@ def make_plots(runs: list[dict], plot_dir: Path, link_from: Path | None, stems: 
             p = plot_dir / f"{stem}-{group}-speedup.png"
             if plot_speedup(run, group, p):
                 made[f"{group}:speedup"] = p
+        p = plot_dir / f"{stem}-cpu-speedup.png"
+        if plot_cpu_speedups(run, p):
+            made["cpu:speedup"] = p
         p = plot_dir / f"{stem}-kernels-roofline.png"
         if plot_roofline(run, runs, p):
             made["kernels:roofline fraction"] = p

@@ -41,6 +41,7 @@ GROUP_TITLES = {
     "kernels": "Kernels (fraction of this card's measured roofline)",
     "ceilings": "Measured ceilings of this card",
     "throughput": "Throughput: clips per second against batch size (one generator per item)",
+    "cpu": "CPU: eager fp32, torch.compile and the engine's CPU backend (fp32, bf16), rows interleaved",
 }
 _GROUP_ORDER = ("headline", "e2e", "e2e_stages", "loops", "dit", "kernels", "ceilings")
 
@@ -263,6 +264,52 @@ def generic_table(run: dict, group: str) -> str:
                   rows)
 
 
+_CPU_WORKLOADS = {"dit_forward": "one DiT forward", "turbo": "Turbo loop", "vae_decode": "VAE decode"}
+
+
+def cpu_workload_title(params: dict) -> str:
+    if params.get("workload") == "turbo":
+        return f"Turbo {params.get('steps')}-step loop"
+    return _CPU_WORKLOADS.get(params.get("workload"), str(params.get("workload")))
+
+
+def cpu_table(run: dict, group: str = "cpu") -> str:
+    """The cpu suite's rows: median, speed-ups over eager and compiled (wall and process CPU
+    time) from the same run, first call, accuracy against eager; then the ISA and the load."""
+    entries = entries_of(run, group)
+    if not entries and not _skipped(run, group):
+        return NOT_MEASURED
+    env = run["env"]
+    isa = env.get("cpu_isa") or {}
+    first = entries[0]["params"] if entries else {}
+    rows = []
+    for e in entries:
+        m, p = e["metrics"], e["params"]
+        acc = ""
+        if "rel_err_vs_eager" in m:
+            acc = f"rel err {m['rel_err_vs_eager']:.1e}, cosine {m['cosine_vs_eager']:.6f}"
+            if "snr_db_vs_eager" in m:
+                acc += f", SNR {m['snr_db_vs_eager']:.1f} dB"
+        ratios = [f"{m[k]:.2f}x" if k in m else "n/a"
+                  for k in ("speedup_vs_eager", "speedup_vs_compiled", "cpu_time_speedup_vs_eager")]
+        rows.append([cpu_workload_title(p), p.get("variant", ""), f"{e['median_ms'] / 1e3:.3f} s", *ratios,
+                     f"{e['first_call_s']:.1f} s", acc])
+    for label, reason in _collapsed_skips(run, group):
+        rows.append([label, "skipped", "", "", "", "", "", reason])
+    table = markdown_table(["workload", "row", "median", "vs eager", "vs compiled", "CPU time vs eager",
+                            "first call (compile)", "accuracy vs eager"], rows)
+    loads: dict[str, tuple[float, float]] = {}
+    for e in entries:
+        loads.setdefault(cpu_workload_title(e["params"]), (e["metrics"]["loadavg_before"][0],
+                                                           e["metrics"]["loadavg_after"][0]))
+    return (f"CPU {env.get('cpu_model')} ({env.get('cpu_count_usable')} cores, {env.get('torch_num_threads')} "
+            f"threads), ISA {isa.get('capability')}, AMX {isa.get('amx')}, AVX-512 BF16 {isa.get('avx512_bf16')}; "
+            f"width {first.get('width')}, depth {first.get('depth')}, batch {first.get('batch')}; load average at "
+            f"start {', '.join(f'{v:.2f}' for v in env.get('loadavg_at_start', []))}.\n\n{table}\n\n"
+            "Load average (1 min) before -> after each workload's rows: "
+            + "; ".join(f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in loads.items()) + ".")
+
+
 def throughput_table(run: dict, group: str = "throughput") -> str:
     """Clips per second against batch size, with the load average around each row."""
     entries = entries_of(run, group)
@@ -344,9 +391,11 @@ def render_run(run: dict, runs: list[dict], plots: dict[str, str] | None = None)
             out.append(kernels_table(run, runs))
         elif g == "throughput":
             out.append(throughput_table(run))
+        elif g == "cpu":
+            out.append(cpu_table(run, g))
         else:
             out.append(generic_table(run, g))
-        peers = peer_table(run, g)
+        peers = peer_table(run, g) if g != "cpu" else ""  # the cpu table holds its own ratios
         if peers:
             out.append(peers)
         notes = _entry_notes(run, g)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from audiox_engine.benchmarks import cli, cpu_suite, report, results, runner, suites, workloads
+from audiox_engine.benchmarks import charts, cli, cpu_suite, report, results, runner, suites, workloads
 from audiox_engine.benchmarks.kernels import snake_beta
 
 
@@ -241,6 +241,7 @@ def test_cpu_suite_rows_ratios_and_table(no_torch_compile, tmp_path):
         if not name.endswith("/eager"):
             floor = 0.99 if "bf16" in name else 1 - 1e-5
             assert e["metrics"]["cosine_vs_eager"] > floor, name
-    table = cpu_suite.render_markdown(run)
-    assert "| Turbo" in table and "engine-bf16" in table
+    table = report.render_run(run, [run])
+    assert "| Turbo 4-step loop | engine-bf16 |" in table and "AMX" in table and "vs engine" not in table
+    assert charts.plot_cpu_speedups(run, tmp_path / "cpu.png") and (tmp_path / "cpu.png").stat().st_size > 0
     assert "cpu" in suites.SUITES and "cpu" in suites.BY_NAME_ONLY  # `all` leaves it out
