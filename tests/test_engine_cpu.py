@@ -159,6 +159,41 @@ def test_forward_bf16_against_the_fp32_reference(dit, fast):
     assert cosine(got, want) > 0.999
 
 
+class _PoisonedAllocations(torch.overrides.TorchFunctionMode):
+    """Every fresh float tensor (torch.empty / empty_like / Tensor.new_empty) starts as NaN,
+    so an element the CPU path allocates but never writes shows up in its output."""
+
+    FACTORIES = {torch.empty, torch.empty_like, torch.Tensor.new_empty}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.FACTORIES and out.is_floating_point():
+            out.fill_(float("nan"))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_buffers_are_fully_written_when_poisoned(dit, fast, dtype):
+    """The block's buffers (conv taps with their zeroed edges, modulated rows, rotated
+    heads, attention output) and the VAE's channels-last outputs start as NaN here."""
+    x, t, c = inputs(b=2, seed=9)
+    with torch.no_grad():
+        want = dit(x, t, c)
+        with _PoisonedAllocations():
+            got = fast[dtype](x, t, c)
+    assert torch.isfinite(got).all()
+    assert rel_err(got, want) < (TOL_FP32 if dtype == torch.float32 else TOL_BF16)
+    dec = _vae(seed=14)
+    z = torch.randn(1, 8, 6, generator=torch.Generator().manual_seed(15))
+    fast_vae = engine.accelerate(dec, vae_dtype=dtype)
+    with torch.no_grad():
+        want = dec(z)
+        with _PoisonedAllocations():
+            got = engine.decode(fast_vae, z)
+    assert torch.isfinite(got).all()
+    assert rel_err(got, want) < (1e-5 if dtype == torch.float32 else 0.1)
+
+
 def test_turbo_loop_parity(dit, fast):
     fast32 = fast[torch.float32]
     fast16 = fast[torch.bfloat16]
