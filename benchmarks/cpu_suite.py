@@ -142,6 +142,10 @@ def _measure(r, workload: str, builders: dict, params: dict, nfe: int | None, au
     for variant, build in builders.items():
         if variant.startswith("engine-") and variant not in c.backends:
             continue
+        why = r.out_of_time(share=False)
+        if why is not None:  # --time-budget-s: rows not started by then are recorded as skipped
+            r.skip(f"{workload}/{variant}", GROUP, why)
+            continue
         t0 = time.perf_counter()
         try:
             fn, notes = build()

@@ -245,3 +245,15 @@ def test_cpu_suite_rows_ratios_and_table(no_torch_compile, tmp_path):
     assert "| Turbo 4-step loop | engine-bf16 |" in table and "AMX" in table and "vs engine" not in table
     assert charts.plot_cpu_speedups(run, tmp_path / "cpu.png") and (tmp_path / "cpu.png").stat().st_size > 0
     assert "cpu" in suites.SUITES and "cpu" in suites.BY_NAME_ONLY  # `all` leaves it out
+
+
+def test_cpu_suite_starts_no_row_once_the_time_budget_is_spent(no_torch_compile, monkeypatch, tmp_path):
+    """--time-budget-s: the cpu suite checks the budget before each row it builds."""
+    answers = iter([None, None])  # the suite's start, then its first row; spent from then on
+    monkeypatch.setattr(runner.Runner, "out_of_time", lambda self, share=True: next(answers, "not run: spent"))
+    out = tmp_path / "cpu.json"
+    assert cli.main(["bench", "--suite", "cpu", "--smoke", "--device", "cpu", "--depth", "1", "--reps", "1",
+                     "--out", str(out)]) == 0
+    run = results.load(out)
+    assert [e["name"] for e in run["entries"]] == ["dit_forward/eager"]
+    assert len(run["skipped"]) == 11 and {s["reason"] for s in run["skipped"]} == {"not run: spent"}
