@@ -56,7 +56,7 @@ NO_MODEL_SUITES = ("kernels",)
 CPU_MEASURED = "on 2 cores one DiT forward took 6-9 s, one Turbo generation 49 s"
 CPU_COST = {"dit": "about half a minute per row", "throughput": "minutes per row",
             "profile": "17 GB of memory at the peak and about 3 minutes",
-            "cpu": "about 12 minutes at --depth 12 and twice that at the preset's 24 blocks, where the "
+            "cpu": "8-12 minutes at --depth 12 and twice that at the preset's 24 blocks, where the "
                    "eager, fp32 engine and bf16 engine copies of the DiT need over 24 GB of memory "
                    "(--backends eager,engine-bf16 leaves the fp32 engine out)"}
 CPU_COST_ROWS = "minutes per Turbo row, hours per 250-step teacher row"
