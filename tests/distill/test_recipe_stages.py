@@ -78,3 +78,19 @@ def test_vae_gate_stops_the_recipe_before_the_teacher(tmp_path):
     with pytest.raises(RuntimeError, match=r"semitones off .* vae_max_tone_error=0.5"):
         run_recipe(RecipeConfig.micro(vae_max_tone_error=0.5, vae_type="preset"), str(out), progress=False)
     assert (out / "vae" / "state.json").is_file() and not (out / "latents").exists()
+
+
+def test_classifier_init_depends_on_the_seed_only():
+    """Whatever ran before in the process (the global RNG's state), the classifier stage
+    starts from the same weights for the same recipe seed, and leaves the global RNG alone."""
+    from audiox_engine.audiox.distill.recipe.classifier import new_classifier
+
+    torch.manual_seed(1)
+    a = new_classifier(0).state_dict()
+    torch.manual_seed(2)
+    before = torch.random.get_rng_state()
+    b = new_classifier(0).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = new_classifier(1).state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point() and a[k].numel() > 1)

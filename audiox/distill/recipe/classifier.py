@@ -16,7 +16,15 @@ from .checkpoint import StepHook, stage_rng, train_stage
 from .config import RecipeConfig
 from .model_helpers import clip_samples
 
-__all__ = ["run_classifier"]
+__all__ = ["run_classifier", "new_classifier"]
+
+
+def new_classifier(seed: int) -> ProceduralAudioClassifier:
+    """A fresh classifier whose initial weights depend on ``seed`` only, not on what ran
+    before it in the process (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ProceduralAudioClassifier()
 
 
 def run_classifier(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bool,
@@ -41,7 +49,7 @@ def run_classifier(cfg: RecipeConfig, out: str, model: AudioXModel, progress: bo
             semis += [labels_of(p)[1] for p in params]
         data = {"spec": torch.cat(specs), "kind": torch.tensor(kinds), "semitone": torch.tensor(semis)}
         save_file(data, feats_path)
-    clf = ProceduralAudioClassifier()
+    clf = new_classifier(cfg.seed)
     with torch.no_grad():
         clf.feat_mean.fill_(float(data["spec"].mean()))
         clf.feat_std.fill_(float(data["spec"].std().clamp_min(1e-3)))
