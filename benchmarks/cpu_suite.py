@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from audiox_engine.audiox.dit import MMDiffusionTransformer
 from audiox_engine.audiox.sampling import sample_turbo
 from audiox_engine.audiox.vae import OobleckDecoder, VAEConfig
 from audiox_engine.benchmarks import results, timing, workloads
+from audiox_engine.benchmarks.runner import free_memory
 from audiox_engine.benchmarks.workloads import WorkloadUnavailable
 from audiox_engine.engine.cpu_features import bf16_matmul_is_fast, cpu_features
 
@@ -69,9 +69,8 @@ class _Row:
 
 
 def _first_call(row: _Row) -> None:
-    t0 = time.perf_counter()
-    row.output = row.fn().detach().float().clone()
-    row.first_call_s = time.perf_counter() - t0
+    out, row.first_call_s = timing.timed_first_call(row.fn, "cpu")
+    row.output = out.detach().float().clone()
 
 
 def _interleave(rows: list[_Row], warmup: int, reps: int) -> None:
@@ -246,7 +245,7 @@ def run_cpu(r) -> None:
         _measure(r, f"turbo-{steps}", turbo, params | {"workload": "turbo", "steps": steps}, nfe=steps,
                  audio_seconds=float(cfg.seconds))
     del eager, compiled_dit, engines, forward, turbo
-    _free()
+    free_memory(torch.device("cpu"))
     _run_vae(r, cfg, dit_cfg, params)
 
 
@@ -297,8 +296,5 @@ def _run_vae(r, cfg, dit_cfg, params) -> None:
         }
         _measure(r, "vae_decode", builders, vae_params, nfe=None,
                  audio_seconds=dit_cfg.latent_frames * vae_cfg.downsampling_ratio / vae_cfg.sample_rate, audio=True)
-    _free()
+    free_memory(torch.device("cpu"))
 
-
-def _free() -> None:
-    gc.collect()
