@@ -31,6 +31,7 @@ from torch import nn
 
 from audiox_engine.engine.discover import find_snake_betas, replace_module
 from audiox_engine.engine.vae import swap_snake_betas
+from audiox_engine.kernels.snake_beta import snake_beta_reference
 
 __all__ = ["ChannelsLastConv1d", "CPUSnakeBeta", "accelerate_vae_cpu", "snake_beta_cpu", "COMPILE_MIN_ELEMENTS"]
 
@@ -126,16 +127,9 @@ class ChannelsLastConv1d(nn.Module):
 # ----------------------------------------------------------------------------- SnakeBeta
 
 
-def _snake_math(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """x (B, C, T) any float dtype; alpha, beta (C,) log scale, fp32; math in fp32."""
-    a = alpha.exp()[None, :, None]
-    inv = 1.0 / (beta.exp()[None, :, None] + 1e-9)
-    xf = x.float()
-    return (xf + inv * torch.sin(a * xf) ** 2).to(x.dtype)
-
-
 def _snake_eager(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """The same as PyTorch ops (no compiler): sin(a x), square, scale, add, in place."""
+    """``kernels.snake_beta_reference`` as in-place PyTorch ops (no compiler): sin(a x),
+    square, scale, add; one fp32 temporary instead of five."""
     a = alpha.exp()[None, :, None]
     inv = 1.0 / (beta.exp()[None, :, None] + 1e-9)
     xf = x.float()
@@ -144,7 +138,8 @@ def _snake_eager(x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> to
 
 
 class _CompiledSnake:
-    """``torch.compile(_snake_math, dynamic=True)`` built on first use; eager if that fails."""
+    """``torch.compile(kernels.snake_beta_reference, dynamic=True)`` built on first use;
+    eager if that fails."""
 
     def __init__(self):
         self.fn = None
@@ -152,7 +147,7 @@ class _CompiledSnake:
 
     def __call__(self, x, alpha, beta):
         if self.failed is None and self.fn is None:
-            self.fn = torch.compile(_snake_math, dynamic=True)
+            self.fn = torch.compile(snake_beta_reference, dynamic=True)
         if self.failed is None:
             try:
                 # Plain tensors, not Parameters: dynamo keeps a Parameter's shape static,
